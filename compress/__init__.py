@@ -1,0 +1,1 @@
+"""ddrnet.compress stage."""

@@ -1,0 +1,5 @@
+import sys
+
+from ddrnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""ddrnet.export stage."""

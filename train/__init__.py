@@ -1,0 +1,1 @@
+"""ddrnet.train stage."""
