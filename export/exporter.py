@@ -37,6 +37,7 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 DYNAMIC_SHAPE = (-1, 3, -1, -1)
 DEFAULT_SAMPLE_HW = (512, 1024)  # calibration / parity size for dynamic-shape exports
+MIN_INT8_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear
 FP32_MIN_AGREEMENT = 0.999
 INT8_MIN_AGREEMENT = 0.99
 PADDLE_FILES = ("inference.pdmodel", "inference.pdiparams")
@@ -77,12 +78,15 @@ def parse_input_shape(value: Union[str, Sequence[int]]) -> Shape:
     return dims  # type: ignore[return-value]
 
 
-def _check_options(formats: Sequence[str], output_op: str, int8: bool, calib_dir: Optional[str]) -> None:
+def _check_options(formats: Sequence[str], output_op: str, opset: int, int8: bool, calib_dir: Optional[str]) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise DDRNetError("--format {}: choose from {}".format(",".join(formats) or "''", ",".join(FORMATS)))
     if output_op not in OUTPUT_OPS:
         raise DDRNetError("--output-op {}: choose one of {}".format(output_op, ", ".join(OUTPUT_OPS)))
+    onnx_fp32.check_opset(opset)
+    if int8 and opset < MIN_INT8_OPSET:
+        raise DDRNetError("--int8 needs --opset {} or newer (per-channel Q/DQ), got {}".format(MIN_INT8_OPSET, opset))
     if int8 and "paddle" in formats:
         raise DDRNetError("--int8 writes ONNX only: an INT8 Paddle Inference model is the fake-quant model of "
                           "`ddrnet compress --qat`; use --format onnx")
@@ -230,16 +234,16 @@ def export_model(weights: str, out_dir: str, formats: Sequence[str] = FORMATS,
     """
     shape = parse_input_shape(input_shape)
     formats = [f.strip().lower() for f in formats if f.strip()]
-    _check_options(formats, output_op, int8, calib_dir)
+    _check_options(formats, output_op, opset, int8, calib_dir)
     weights = resolve_weights(weights)
     pool: List[str] = []
     calib_root = ""
     if int8:  # fail on a bad calibration folder before any work
         calib_root, pool = frame_sources.calibration_pool(calib_dir)
-    model, meta = load_model(weights, model_name)
     precision = "int8" if int8 else "fp32"
     stage = _stage_dir(out_dir)
     try:
+        model, meta = load_model(weights, model_name)
         with tempfile.TemporaryDirectory() as scratch:
             paddle_dir = stage if "paddle" in formats else scratch
             model_file, params_file = save_paddle(model, output_op, shape, paddle_dir)

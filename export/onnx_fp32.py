@@ -23,16 +23,20 @@ from ddrnet.runtime.errors import DDRNetError
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "output"
-MIN_OPSET, MAX_OPSET = 11, 16  # 11: half-pixel Resize; 16: the newest paddle2onnx 1.3.1 writes
+MIN_OPSET, MAX_OPSET = 11, 17  # 11: half-pixel Resize; 17: the newest TensorRT 8.x parses
 DYNAMIC_DIMS = ("batch", None, "height", "width")
+
+
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise DDRNetError("--opset {}: choose {}..{} (13 is the default)"
+                          .format(opset, MIN_OPSET, MAX_OPSET))
 
 
 def paddle_to_onnx(model_file: str, params_file: str, opset: int) -> onnx.ModelProto:
     import paddle2onnx
 
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise DDRNetError("--opset {}: choose {}..{} (TensorRT 8.x parses up to 17; 13 is the default)"
-                          .format(opset, MIN_OPSET, MAX_OPSET))
+    check_opset(opset)
     try:
         data = paddle2onnx.export(model_file, params_file, opset_version=opset, auto_upgrade_opset=False,
                                   verbose=False, enable_onnx_checker=True)

@@ -7,10 +7,8 @@ because convolutions stay float between Q/DQ pairs. What makes INT8 fast here:
   them into QLinearConv / QLinearAdd / QLinearConcat / QLinearAveragePool and the tensors between
   them stay 8-bit;
 - for the CPU target: UINT8 activations and per-channel INT8 weights (the u8s8 kernels of x86
-  VNNI/AMX), and each Resize rewired to interpolate the quantized tensor itself (its input and
-  output share scale and zero point, so the DQ -> Resize -> Q pair is redundant). The head's final
-  upsample then works on 8-bit data and ArgMax reads it directly: the float 19xHxW logits tensor is
-  never materialised;
+  VNNI/AMX); with an argmax output, the head's final upsample rewired to interpolate the quantized
+  logits and ArgMax to read them directly, so the float 19xHxW logits tensor is never materialised;
 - for the TensorRT target: symmetric INT8 activations (TensorRT only takes zero-point 0) and plain
   Q/DQ everywhere, since TensorRT fuses the pairs itself.
 The result is checked on onnxruntime's optimized graph: no float convolution may remain.
@@ -32,7 +30,6 @@ from ddrnet.runtime.errors import DDRNetError
 OP_TYPES = ["Conv", "Add", "Mul", "Concat", "Resize", "AveragePool", "GlobalAveragePool", "MaxPool",
             "Relu", "ArgMax"]
 TARGETS = ("cpu", "tensorrt")
-MIN_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear
 
 
 def _target_settings(target: str) -> dict:
@@ -78,11 +75,13 @@ def _chunk(count: int, most: int = 4) -> int:
     return max(d for d in range(1, most + 1) if count % d == 0)
 
 
-def quantize_resize_in_place(model: onnx.ModelProto) -> int:
-    """Make each DQ -> Resize -> Q (same scale and zero point) a Resize of the quantized tensor.
+def quantize_head_resize(model: onnx.ModelProto) -> bool:
+    """Make the head's DQ -> Resize -> Q -> DQ -> ArgMax a Resize of the quantized logits.
 
-    Linear interpolation commutes with the affine dequantization, so this only changes rounding.
-    Returns how many Resize nodes now run on 8-bit data.
+    Linear interpolation commutes with the affine dequantization (same scale and zero point on both
+    sides), and onnxruntime's 8-bit Resize truncates: a shift of under one step, the same for every
+    class, which ArgMax ignores. (Inside the network that shift would bias the sums it feeds, so the
+    other Resize nodes keep their Q/DQ.) Returns whether the pattern was found.
     """
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -91,28 +90,29 @@ def quantize_resize_in_place(model: onnx.ModelProto) -> int:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    graph_outputs = {out.name for out in graph.output}
 
-    def same_params(dq: onnx.NodeProto, q: onnx.NodeProto) -> bool:
-        pairs = list(zip(dq.input[1:], q.input[1:]))
-        return len(pairs) == 2 and all(a in constants and b in constants and np.array_equal(constants[a], constants[b])
-                                       for a, b in pairs)
+    def only_consumer(tensor: str, op_type: str):
+        found = consumers.get(tensor, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
 
-    rewired = 0
-    for resize in [n for n in graph.node if n.op_type == "Resize"]:
-        dq = producer.get(resize.input[0])
-        after = consumers.get(resize.output[0], [])
-        if dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 or after[0].op_type != "QuantizeLinear" \
-                or resize.output[0] in graph_outputs or not same_params(dq, after[0]):
+    for argmax in [n for n in graph.node if n.op_type == "ArgMax"]:
+        dq_after = producer.get(argmax.input[0])
+        q = producer.get(dq_after.input[0]) if dq_after is not None and dq_after.op_type == "DequantizeLinear" else None
+        resize = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        dq = producer.get(resize.input[0]) if resize is not None and resize.op_type == "Resize" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or only_consumer(resize.output[0], "QuantizeLinear") is None:
             continue
-        q = after[0]
-        resize.input[0] = dq.input[0]
+        same = all(a in constants and b in constants and np.array_equal(constants[a], constants[b])
+                   for a, b in zip(dq.input[1:], q.input[1:]))
+        if not same or len(dq.input) != len(q.input):
+            continue
+        resize.input[0] = dq.input[0]  # the Resize now reads and writes the quantized tensor
         resize.output[0] = q.output[0]
         graph.node.remove(q)
         if len(consumers[dq.output[0]]) == 1:
             graph.node.remove(dq)
-        rewired += 1
-    return rewired
+        return True
+    return False
 
 
 def quantize_onnx(fp32_path: str, frames: Sequence[np.ndarray], to_tensor: Callable[[np.ndarray], np.ndarray],
@@ -122,25 +122,22 @@ def quantize_onnx(fp32_path: str, frames: Sequence[np.ndarray], to_tensor: Calla
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     settings = _target_settings(target)
-    model = onnx.load(fp32_path)
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < MIN_OPSET:
-        raise DDRNetError("INT8 export needs --opset {} or newer (per-channel Q/DQ), got {}".format(MIN_OPSET, opset))
+    input_name = onnx.load(fp32_path, load_external_data=False).graph.input[0].name
     if not frames:
         raise DDRNetError("INT8 export needs calibration images")
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
         quantized = os.path.join(tmp, "quantized.onnx")
-        quant_pre_process(fp32_path, prepared)
+        quant_pre_process(fp32_path, prepared, auto_merge=True)  # auto_merge: dynamic H/W
         quantize_static(
-            prepared, quantized, _reader(frames, to_tensor, model.graph.input[0].name),
+            prepared, quantized, _reader(frames, to_tensor, input_name),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=OP_TYPES, per_channel=True,
             reduce_range=False, activation_type=settings["activation_type"], weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": settings["activation_symmetric"], "WeightSymmetric": True,
                            "ForceQuantizeNoInputCheck": True, "CalibStridedMinMax": _chunk(len(frames))})
         int8 = onnx.load(quantized)
-    rewired = quantize_resize_in_place(int8) if settings["quantized_resize"] else 0
+    head_resize = quantize_head_resize(int8) if settings["quantized_resize"] else False
     return int8, {
         "method": "onnxruntime quantize_static",
         "format": "QDQ",
@@ -152,6 +149,6 @@ def quantize_onnx(fp32_path: str, frames: Sequence[np.ndarray], to_tensor: Calla
         "weight_type": "int8",
         "weight_symmetric": True,
         "op_types": list(OP_TYPES),
-        "resize_on_quantized_data": rewired,
+        "head_resize_quantized": head_resize,
     }
 

@@ -6,7 +6,7 @@ softmax and none, also the largest absolute difference of the probabilities / lo
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import paddle
@@ -59,6 +59,3 @@ def measure(model_dir: str, backend: str, frames: Sequence[np.ndarray], referenc
         got.append(predictor.backend.run(tensor))
     return compare(expected, got, output_op)
 
-
-def summary(parity: Dict[str, dict]) -> str:
-    return ", ".join("{} {:.4%}".format(fmt, p["argmax_agreement"]) for fmt, p in parity.items())

@@ -66,6 +66,10 @@ class OnnxRuntimeBackend(Backend):
         self.output_names = [o.name for o in self._session.get_outputs()]
         self._fetch = self.output_names[:1]
         self.providers = self._session.get_providers()
+        if device == "gpu" and self.providers == ["CPUExecutionProvider"]:
+            # onnxruntime falls back to the CPU silently when the CUDA libraries fail to load
+            raise DDRNetError("{}: onnxruntime could not start a GPU provider (CUDA / cuDNN libraries "
+                              "missing or of another version? see its log above)".format(path))
         self.model_files = [path]
 
     @staticmethod

@@ -2,6 +2,8 @@
 
 The Predictor's end-to-end time and the backend's raw `run` on a prepared tensor are measured
 interleaved in one loop, so host noise hits both alike and their ratio is the runtime's overhead.
+`bench --all` interleaves every model and format the same way (round-robin), so the comparison
+holds on a busy or throttling host.
 """
 from __future__ import annotations
 
@@ -103,11 +105,17 @@ class Subject:
         self.raw = []  # type: List[float]
 
     def step(self, i: int, record: bool) -> None:
-        """One end-to-end Predictor call, then one raw backend run on the prepared tensor."""
-        self.predictor(self.frames[i % len(self.frames)])
+        """One end-to-end Predictor call and one raw backend run on the prepared tensor, in
+        alternating order so neither always runs right after the other (warm caches, spinning
+        thread pools)."""
+        frame = self.frames[i % len(self.frames)]
+        if i % 2:
+            self.predictor(frame)
         t0 = time.perf_counter()
         self.predictor.backend.run(self.tensor)
         raw_ms = (time.perf_counter() - t0) * 1e3
+        if not i % 2:
+            self.predictor(frame)
         if record:
             for key in self.stages:
                 self.stages[key].append(self.predictor.last_timing[key])
@@ -291,7 +299,12 @@ def bench_all(root: str, device: str = "cpu", threads: Optional[int] = None, pre
     one that cannot be opened becomes an error row."""
     slots = []  # type: List[object]  # a Subject, or the error row standing in its place
     for model_dir in find_model_dirs(root):
-        chosen, notes = backends_for(model_dir, device)
+        try:
+            chosen, notes = backends_for(model_dir, device)
+        except DDRNetError as err:  # an unreadable deploy.yaml
+            slots.append({"model_dir": os.path.abspath(model_dir), "backend": "-", "device": device,
+                          "error": str(err)})
+            continue
         for note in notes:
             log("note: " + note)
         for backend in chosen:

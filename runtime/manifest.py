@@ -58,8 +58,9 @@ def _is_number_list(value, length: int) -> bool:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
 
 
-def validate_manifest(manifest: dict, where: str) -> None:
-    """Schema check; `where` names the file in the error messages."""
+def validate_manifest(manifest: dict, where: str, require_files: bool = True) -> None:
+    """Schema check; `where` names the file in the error messages. `require_files=False` accepts
+    an empty file list (an in-memory manifest for Predictor.from_backend)."""
     _require(isinstance(manifest, dict), where, "not a mapping (is this a deploy.yaml?)")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     _require(not missing, where, "missing key(s): " + ", ".join(missing))
@@ -103,20 +104,20 @@ def validate_manifest(manifest: dict, where: str) -> None:
              "output.op must be one of {}".format(", ".join(OUTPUT_OPS)))
 
     files = manifest["files"]
-    _require(isinstance(files, list) and files, where, "files must be a non-empty list")
+    _require(isinstance(files, list) and (files or not require_files), where, "files must be a non-empty list")
     for entry in files:
         _require(isinstance(entry, dict) and isinstance(entry.get("format"), str)
                  and isinstance(entry.get("path"), str), where,
                  "each files entry needs a format and a path, got {!r}".format(entry))
 
 
-def _to_plain(value):
+def to_plain(value):
     """Deep copy as plain YAML types: tuples and numpy arrays become lists, numpy scalars numbers
     (yaml.safe_dump refuses both, and callers naturally pass CLASS_NAMES / PALETTE)."""
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
+        return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -127,7 +128,7 @@ def _to_plain(value):
 def write_manifest(model_dir: str, manifest: dict) -> dict:
     """Fill in each listed file's SHA-256, validate, and write `deploy.yaml` atomically.
     Returns the manifest as written."""
-    data = _to_plain(manifest)
+    data = to_plain(manifest)
     data.setdefault("schema_version", SCHEMA_VERSION)
     where = manifest_path(model_dir)
     validate_manifest(data, where)

@@ -18,27 +18,42 @@ import cv2
 import numpy as np
 
 from ddrnet.runtime import visualize
-from ddrnet.runtime.backends import create_backend
+from ddrnet.runtime.backends import Backend, create_backend
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.imageio import to_bgr8
-from ddrnet.runtime.manifest import load_manifest
+from ddrnet.runtime.manifest import load_manifest, to_plain, validate_manifest
 
 
 class Predictor:
     def __init__(self, model_dir: str, backend: str = "onnxruntime", device: str = "cpu",
                  threads: Optional[int] = None, precision: Optional[str] = None):
         """`precision` only matters for tensorrt (fp32 | fp16 | int8; default from deploy.yaml)."""
+        manifest = load_manifest(model_dir)  # refuses files that do not match their SHA-256
+        engine = create_backend(manifest, model_dir, backend, device, threads, precision)
+        self._setup(model_dir, manifest, engine, backend, device)
+
+    @classmethod
+    def from_backend(cls, backend: Backend, manifest: dict, source: str = "<in-memory model>",
+                     device: str = "cpu") -> "Predictor":
+        """A Predictor around a backend object and an in-memory manifest (no files needed), so a
+        model that was never exported (e.g. a training checkpoint) gets the same pre/post-processing."""
+        manifest = to_plain(manifest)  # tuples / numpy arrays (CLASS_NAMES, PALETTE) welcome
+        validate_manifest(manifest, source, require_files=False)
+        predictor = cls.__new__(cls)
+        predictor._setup(source, manifest, backend, getattr(backend, "name", type(backend).__name__), device)
+        return predictor
+
+    def _setup(self, model_dir: str, manifest: dict, backend: Backend, backend_name: str, device: str) -> None:
         self.model_dir = model_dir
-        self.manifest = load_manifest(model_dir)  # refuses files that do not match their SHA-256
-        self.class_names = list(self.manifest["class_names"])  # type: List[str]
-        self.palette = np.asarray(self.manifest["palette"], dtype=np.uint8)
-        self.backend_name = backend
+        self.manifest = manifest
+        self.class_names = list(manifest["class_names"])  # type: List[str]
+        self.palette = np.asarray(manifest["palette"], dtype=np.uint8)
+        self.backend = backend
+        self.backend_name = backend_name
         self.device = device
-        self.backend = create_backend(self.manifest, model_dir, backend, device, threads, precision)
-        self.precision = getattr(self.backend, "precision", self.manifest["precision"])  # type: str
-        self.input_shape = self._merge_shapes(self.backend.input_shape,
-                                              self.manifest["input"]["shape"])  # type: List[int]
-        spec = self.manifest["input"]
+        self.precision = getattr(backend, "precision", manifest["precision"])  # type: str
+        self.input_shape = self._merge_shapes(backend.input_shape, manifest["input"]["shape"])  # type: List[int]
+        spec = manifest["input"]
         mean = np.asarray(spec["mean"], dtype=np.float64)
         std = np.asarray(spec["std"], dtype=np.float64)
         # (pixel / 255 - mean) / std == pixel * scale + bias: one fused pass per channel

@@ -181,6 +181,34 @@ def test_graph_shape_must_agree_with_manifest(tmp_path):
         Predictor(model_dir)
 
 
+class _NumpyBackend:
+    """The tiny model in numpy behind the backend interface: logits out, any N/H/W in."""
+
+    name = "numpy"
+    input_name, input_shape, output_names = "x", [-1, 3, -1, -1], ["logits"]
+
+    def run(self, tensor):
+        from runtime_fixtures import tiny_weights
+
+        weight, bias = tiny_weights()
+        return np.einsum("kc,nchw->nkhw", weight[:, :, 0, 0], tensor) + bias[None, :, None, None]
+
+
+def test_from_backend_wraps_a_model_that_was_never_exported():
+    from ddrnet.runtime import Predictor
+
+    manifest = manifest_for([-1, 3, -1, -1], output="none")
+    manifest["files"] = []
+    predictor = Predictor.from_backend(_NumpyBackend(), manifest, source="ckpt.pdparams")
+    frame = _frame(9, 13)
+    assert_mask_matches(predictor(frame), reference_logits(frame))
+    assert (predictor.backend_name, predictor.model_dir, predictor.input_shape) == (
+        "numpy", "ckpt.pdparams", [-1, 3, -1, -1])
+    manifest.pop("palette")
+    with pytest.raises(DDRNetError, match="ckpt.pdparams: missing key.*palette"):
+        Predictor.from_backend(_NumpyBackend(), manifest, source="ckpt.pdparams")
+
+
 # -- deploy.yaml -------------------------------------------------------------------------------
 
 def test_write_manifest_fills_hashes_and_round_trips(fixed_dir):
@@ -274,6 +302,17 @@ def test_invalid_yaml_is_one_line_error(fixed_dir, tmp_path):
 
 
 # -- backends ----------------------------------------------------------------------------------
+
+def test_unloadable_onnx_is_a_one_line_error(tmp_path):
+    from ddrnet.runtime import Predictor
+
+    model_dir = make_model_dir(str(tmp_path / "m"))
+    open(os.path.join(model_dir, "model.onnx"), "wb").write(b"not a protobuf")
+    write_manifest(model_dir, manifest_for([1, 3, 8, 16]))  # hashes match: the file itself is bad
+    with pytest.raises(DDRNetError, match="model.onnx: onnxruntime cannot load it") as err:
+        Predictor(model_dir)
+    assert "\n" not in str(err.value)
+
 
 def test_unknown_backend_and_missing_format(fixed_dir):
     from ddrnet.runtime import Predictor

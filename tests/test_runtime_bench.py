@@ -97,10 +97,14 @@ def test_bench_all_reports_a_tampered_model_and_exits_nonzero(models, tmp_path):
     shutil.copytree(str(root / "fixed"), str(work / "bad"))
     with open(str(work / "bad" / "model.onnx"), "ab") as f:
         f.write(b"\0")
+    os.makedirs(str(work / "broken"))
+    open(str(work / "broken" / "deploy.yaml"), "w").write("schema_version: 1\n")
     proc = _ddrnet("bench", "--all", str(work), "--iters", "2", "--warmup", "0")
     assert proc.returncode == 1
     bad = next(line for line in proc.stdout.splitlines() if line.startswith("bad"))
     assert "SHA-256 mismatch" in bad
+    broken = next(line for line in proc.stdout.splitlines() if line.startswith("broken"))
+    assert "missing key(s)" in broken
     assert any(line.startswith("good") and "error" not in line for line in proc.stdout.splitlines())
 
 

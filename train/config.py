@@ -50,6 +50,14 @@ def load_config(path: str, opts: Optional[Iterable[str]] = None) -> dict:
     return cfg
 
 
+def _yaml11_float(text: str):
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; every user means the number."""
+    try:
+        return float(text) if any(c.isdigit() for c in text) and "e" in text.lower() else text
+    except ValueError:
+        return text
+
+
 def apply_opt(cfg: dict, opt: str) -> None:
     """`a.b.c=value`; the value is parsed as a YAML literal (number, bool, list...), never evaluated."""
     key, sep, raw = opt.partition("=")
@@ -59,6 +67,8 @@ def apply_opt(cfg: dict, opt: str) -> None:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         raise DDRNetError("--opt {!r}: value is not a literal".format(opt)) from None
+    if isinstance(value, str):
+        value = _yaml11_float(value)
     node = cfg
     parts = key.split(".")
     for part in parts[:-1]:

@@ -341,7 +341,6 @@ def _line_colour(cam: Camera, look: Look, seg: Segments, idx: np.ndarray, along:
 
 def _top_bumps(seg: Segments, idx: np.ndarray, along: np.ndarray, phase: float) -> np.ndarray:
     """Irregular tops for hedges and tree rows (facades, walls and fences stay straight)."""
-    along = np.where(np.isfinite(along), along, 0.0)
     bumps = 0.5 * np.sin(along * 0.9 + phase) + 0.35 * np.sin(along * 2.3 + 2 * phase)
     return np.where(seg.kinds[idx] == KIND_VEGETATION, bumps * np.minimum(seg.heights[idx] * 0.25, 1.5), 0.0)
 
@@ -369,36 +368,34 @@ def render_background(rng: np.random.Generator, cam: Camera, street: Street, loo
     colour *= _shadows(rng, street, look, xg[ground], zg[ground])[:, None]
     rgb[ground] = _haze(look, colour, zg[ground])
 
-    # wall lines along both kerbs (front low and mixed, back tall), each a vertical plane
-    for side, dist, seg in street.lines:
-        facing = dx * side > 0.5
-        z = np.where(facing, cam.focal * dist / np.maximum(dx * side, 0.5), np.inf)
-        up = cam.cam_y - dy * z / cam.focal
-        idx = np.clip(np.searchsorted(seg.edges, z, side="right") - 1, 0, len(seg.kinds) - 1)
-        phase = float(rng.uniform(0, 6.3))
-        hit = facing & (z < seg.edges[-1]) & (up >= 0) & (seg.kinds[idx] != NONE) \
-            & (up < seg.heights[idx] + _top_bumps(seg, idx, z, phase)) & (z < depth)
-        ids = idx[hit]
-        colour = _line_colour(cam, look, seg, ids, z[hit], up[hit], z[hit], fine[hit], leaf[hit])
-        lit = look.shade if side == look.sun_side else 1.0  # facades with the sun behind them
-        rgb[hit] = _haze(look, colour * lit, z[hit])
-        label[hit] = KIND_LABEL[seg.kinds[ids]]
-        depth[hit] = z[hit]
+    flat = Frame(rgb.reshape(-1, 3), label.reshape(-1), depth.reshape(-1))
+    fine, leaf, dx, dy = fine.ravel(), leaf.ravel(), dx.ravel(), dy.ravel()
 
-    # the row of buildings and trees closing the street
+    def draw_wall(pix: np.ndarray, z: np.ndarray, along: np.ndarray, up: np.ndarray, seg: Segments,
+                  lit: float, phase: float) -> None:
+        """Paint pixels whose rays meet wall line `seg` at depth z, at (along, up) metres on it."""
+        near = (up >= 0) & (z < flat.depth[pix]) & (along > seg.edges[0]) & (along < seg.edges[-1])
+        pix, z, along, up = pix[near], z[near], along[near], up[near]
+        idx = np.searchsorted(seg.edges, along, side="right") - 1
+        hit = (seg.kinds[idx] != NONE) & (up < seg.heights[idx] + _top_bumps(seg, idx, along, phase))
+        pix, z, along, up, idx = pix[hit], z[hit], along[hit], up[hit], idx[hit]
+        colour = _line_colour(cam, look, seg, idx, along, up, z, fine[pix], leaf[pix])
+        flat.rgb[pix] = _haze(look, colour * lit, z)
+        flat.label[pix] = KIND_LABEL[seg.kinds[idx]]
+        flat.depth[pix] = z
+
+    # wall lines along both sides (garden, front, back), each a vertical plane along the street
+    facing = {side: np.flatnonzero(dx * side > 0.5) for side in (-1, 1)}
+    for side, distance, seg in street.lines:
+        pix = facing[side]
+        z = cam.focal * distance / (dx[pix] * side)
+        lit = look.shade if side == look.sun_side else 1.0  # facades with the sun behind them
+        draw_wall(pix, z, z, cam.cam_y - dy[pix] * z / cam.focal, seg, lit, float(rng.uniform(0, 6.3)))
+    # the row of buildings and trees across the far end of the street
     if street.far is not None:
-        seg = street.far
-        along = dx * street.far_z / cam.focal
-        up = cam.cam_y - dy * street.far_z / cam.focal
-        idx = np.clip(np.searchsorted(seg.edges, along, side="right") - 1, 0, len(seg.kinds) - 1)
-        hit = (along > seg.edges[0]) & (along < seg.edges[-1]) & (up >= 0) & (seg.kinds[idx] != NONE) \
-            & (up < seg.heights[idx] + _top_bumps(seg, idx, along, 1.0)) & (street.far_z < depth)
-        ids = idx[hit]
-        zf = np.full(int(hit.sum()), street.far_z, np.float32)
-        colour = _line_colour(cam, look, seg, ids, along[hit], up[hit], zf, fine[hit], leaf[hit])
-        rgb[hit] = _haze(look, colour, zf)
-        label[hit] = KIND_LABEL[seg.kinds[ids]]
-        depth[hit] = street.far_z
+        pix = np.flatnonzero(flat.depth > street.far_z)
+        z = np.full(pix.size, street.far_z, np.float32)
+        draw_wall(pix, z, dx[pix] * z / cam.focal, cam.cam_y - dy[pix] * z / cam.focal, street.far, 1.0, 1.0)
     return Frame(rgb, label, depth)
 
 
@@ -661,7 +658,7 @@ def _camera_effects(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
     yy, xx = np.mgrid[-1:1:complex(h), -1:1:complex(w)]
     rgb = rgb * (1 - rng.uniform(0, 0.3) * (xx ** 2 + yy ** 2) / 2)[..., None].astype(np.float32)
     rgb = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), rng.uniform(0.3, 0.9))
-    rgb = rgb + rng.normal(0, rng.uniform(1.5, 6.0), rgb.shape).astype(np.float32)
+    rgb = rgb + rng.standard_normal(rgb.shape, dtype=np.float32) * rng.uniform(1.5, 6.0)
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 

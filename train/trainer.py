@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.train.checkpoint import (OPT, PARAMS, latest_checkpoint, load_weights_lenient, model_meta,
                                      resolve_weights, save_checkpoint, weights_meta)
-from ddrnet.train.data import CityscapesDataset, build_transforms, worker_init
+from ddrnet.train.data import CityscapesDataset, build_transforms, _worker_init as worker_init
 from ddrnet.train.evaluate import evaluate
 from ddrnet.train.losses import build_loss
 from ddrnet.train.model import build_model

@@ -1,0 +1,257 @@
+"""Export: FP32 Paddle Inference + ONNX, INT8 ONNX, deploy.yaml, parity, the CLI.
+
+Small on purpose (DDRNet-23-slim at 64x128). The INT8 test needs a model whose argmax means
+something: a randomly initialised DDRNet gives near-uniform logits, so INT8-vs-FP32 agreement on it
+measures noise. The `trained` fixture trains the slim model for a few seconds on synthetic scenes
+(coloured rectangles, one class per colour) until it segments them, and the INT8 check runs on
+held-out scenes of the same kind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import paddle
+import pytest
+
+from ddrnet.export import exporter
+from ddrnet.export.check import float_conv_count, optimized_op_histogram
+from ddrnet.export.exporter import export_model
+from ddrnet.export.frames import calibration_pool
+from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.labels import CLASS_NAMES, PALETTE
+from ddrnet.runtime.manifest import load_manifest, sha256_file
+from ddrnet.train.checkpoint import load_model
+from ddrnet.train.model import build_model
+
+HW = (64, 128)
+SIDECAR = {"model": {"name": "ddrnet23_slim", "num_classes": 19, "aux_head": False, "avg_pool_exclusive": True}}
+SCENE_COLORS = np.array([[128, 64, 128], [70, 70, 70], [35, 142, 107], [142, 0, 0]], np.uint8)  # BGR
+SCENE_CLASSES = np.array([0, 2, 8, 13])
+
+
+def save_weights(model: paddle.nn.Layer, path: str) -> str:
+    paddle.save(model.state_dict(), path)
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump(SIDECAR, f)
+    return path
+
+
+def scene(rng: np.random.Generator, hw=HW):
+    """A BGR image of noisy coloured rectangles and its trainId labels."""
+    h, w = hw
+    index = np.zeros(hw, np.int64)
+    for _ in range(5):
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        index[y0:y0 + rng.integers(h // 4, h // 2 + 1), x0:x0 + rng.integers(w // 4, w // 2 + 1)] = rng.integers(0, 4)
+    noisy = SCENE_COLORS[index].astype(np.int16) + rng.integers(-20, 21, (h, w, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8), SCENE_CLASSES[index]
+
+
+def to_tensor(bgr: np.ndarray) -> np.ndarray:
+    return ((bgr[:, :, ::-1].astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory) -> str:
+    paddle.seed(0)
+    return save_weights(build_model("ddrnet23_slim"), str(tmp_path_factory.mktemp("w") / "slim.pdparams"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(weights, folder of 12 scene images) after 50 Adam steps: ~90 % pixel accuracy on the scenes."""
+    import paddle.nn.functional as F
+
+    paddle.seed(0)
+    rng = np.random.default_rng(0)
+    model = build_model("ddrnet23_slim")
+    model.train()
+    optimizer = paddle.optimizer.Adam(learning_rate=3e-3, parameters=model.parameters())
+    for _ in range(50):
+        batch = [scene(rng) for _ in range(4)]
+        images = paddle.to_tensor(np.stack([to_tensor(image) for image, _ in batch]))
+        labels = paddle.to_tensor(np.stack([label for _, label in batch]))
+        loss = F.cross_entropy(model(images)[0], labels, axis=1)
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    model.eval()
+    with paddle.no_grad():
+        held_out = [scene(rng) for _ in range(4)]
+        logits = model(paddle.to_tensor(np.stack([to_tensor(image) for image, _ in held_out]))).numpy()
+    accuracy = (logits.argmax(axis=1) == np.stack([label for _, label in held_out])).mean()
+    assert accuracy > 0.8, "the fixture model did not learn the scenes ({:.1%})".format(accuracy)
+    root = tmp_path_factory.mktemp("trained")
+    images = root / "scenes"
+    images.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(images / "{:02d}.png".format(i)), scene(rng)[0])
+    return save_weights(model, str(root / "scenes.pdparams")), str(images)
+
+
+@pytest.fixture(scope="module")
+def fp32_fixed(random_weights, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("fp32") / "fixed")
+    return out, export_model(random_weights, out, formats=("paddle", "onnx"), input_shape=(1, 3) + HW,
+                             output_op="argmax", parity_num=2)
+
+
+@pytest.fixture(scope="module")
+def fp32_dynamic_logits(random_weights, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("fp32") / "dynamic")
+    return out, export_model(random_weights, out, formats=("paddle", "onnx"), input_shape="dynamic",
+                             output_op="none", parity_num=2, sample_hw=HW)
+
+
+def test_fp32_manifest_lists_every_file_with_its_hash(fp32_fixed, random_weights):
+    out, manifest = fp32_fixed
+    assert load_manifest(out) == manifest  # load_manifest re-hashes every file
+    assert sorted(os.listdir(out)) == ["deploy.yaml", "inference.pdiparams", "inference.pdmodel", "model.onnx"]
+    assert [(e["format"], e.get("role")) for e in manifest["files"]] == [
+        ("onnx", "model"), ("paddle", "model"), ("paddle", "params")]
+    assert manifest["precision"] == "fp32" and manifest["model_name"] == "ddrnet23_slim"
+    assert manifest["input"]["shape"] == [1, 3, 64, 128] and manifest["input"]["color_order"] == "RGB"
+    assert manifest["output"] == {"op": "argmax"}
+    assert manifest["class_names"] == list(CLASS_NAMES) and manifest["palette"] == PALETTE.tolist()
+    assert manifest["source_checkpoint"]["sha256"] == sha256_file(random_weights)
+    assert {"paddle", "paddle2onnx", "onnx", "onnxruntime"} <= set(manifest["versions"])
+    for fmt in ("onnx", "paddle"):
+        parity = manifest["parity"][fmt]
+        assert parity["images"] == 2 and parity["reference"] == "paddle-fp32" and parity["source"] == "synthetic"
+        assert parity["argmax_agreement"] >= exporter.FP32_MIN_AGREEMENT
+        assert parity["max_abs_diff"] is None  # labels only: nothing to diff
+
+
+def test_fp32_onnx_is_tensorrt_friendly_and_carries_metadata(fp32_fixed):
+    out, _ = fp32_fixed
+    model = onnx.load(os.path.join(out, "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert model.opset_import[0].version == 13
+    assert [i.name for i in model.graph.input] == ["x"] and [o.name for o in model.graph.output] == ["output"]
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.INT32  # argmax in the graph
+    assert "GlobalAveragePool" not in ops and "ReduceMean" in ops  # DAPPM's global pool, dynamic-H/W safe
+    assert "BatchNormalization" in ops and ops.count("Conv") == 55  # conv BNs folded, pre-activation BNs kept
+    assert "Shape" not in ops  # fixed shape: every Resize size is a constant, no INT64 shape arithmetic
+    for node in model.graph.node:
+        if node.op_type == "Resize":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["coordinate_transformation_mode"] == b"half_pixel" and attrs["mode"] == b"linear"
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["class_names"]) == list(CLASS_NAMES)
+    assert json.loads(meta["palette"]) == PALETTE.tolist()
+    assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5] and json.loads(meta["std"]) == [0.5, 0.5, 0.5]
+    assert meta["output_op"] == "argmax" and meta["precision"] == "fp32" and meta["color_order"] == "RGB"
+
+
+def test_dynamic_export_matches_paddle_logits_at_an_odd_size(fp32_dynamic_logits, random_weights):
+    import onnxruntime as ort
+    from paddle import inference
+
+    out, manifest = fp32_dynamic_logits
+    assert manifest["input"]["shape"] == [-1, 3, -1, -1] and manifest["output"] == {"op": "none"}
+    for fmt in ("onnx", "paddle"):  # the export's own parity ran at 64x128 and 65x129
+        assert manifest["parity"][fmt]["max_abs_diff"] < 1e-3
+    onnx_input = onnx.load(os.path.join(out, "model.onnx")).graph.input[0]
+    assert [d.dim_param or d.dim_value for d in onnx_input.type.tensor_type.shape.dim] == ["batch", 3, "height",
+                                                                                          "width"]
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 67, 133)).astype(np.float32)
+    model, _ = load_model(random_weights)
+    with paddle.no_grad():
+        expected = model(paddle.to_tensor(x)).numpy()
+    got_onnx = ort.InferenceSession(os.path.join(out, "model.onnx")).run(None, {"x": x})[0]
+    config = inference.Config(os.path.join(out, "inference.pdmodel"), os.path.join(out, "inference.pdiparams"))
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    handle.reshape(list(x.shape))
+    handle.copy_from_cpu(x)
+    predictor.run()
+    got_paddle = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    scale = np.abs(expected).max()
+    for got in (got_onnx, got_paddle):
+        assert got.shape == (1, 19, 67, 133)
+        # a half-pixel / align-corners mismatch in any upsample shows up as errors of the order of the logits
+        assert np.abs(got - expected).max() < 1e-4 * scale
+
+
+def test_failed_parity_leaves_nothing_behind(random_weights, tmp_path, monkeypatch):
+    monkeypatch.setattr(exporter, "FP32_MIN_AGREEMENT", 1.01)  # unreachable: the gate must trip
+    out = tmp_path / "model"
+    with pytest.raises(DDRNetError, match="parity check failed"):
+        export_model(random_weights, str(out), formats=("onnx",), input_shape=(1, 3) + HW, parity_num=1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_int8_onnx_runs_integer_convolutions_and_agrees_with_paddle(trained, tmp_path):
+    weights, scenes = trained
+    out = str(tmp_path / "int8")
+    manifest = export_model(weights, out, formats=("onnx",), input_shape=(1, 3) + HW, int8=True,
+                            calib_dir=scenes, calib_num=8, parity_num=4)
+    assert load_manifest(out)["precision"] == "int8"
+    quant = manifest["quantization"]
+    assert quant["per_channel"] and quant["activation_type"] == "uint8" and quant["weight_type"] == "int8"
+    assert quant["calibration"]["count"] == 8 and len(quant["calibration"]["sha256"]) == 64
+    assert quant["head_resize_quantized"]
+    histogram = optimized_op_histogram(os.path.join(out, "model.onnx"))
+    assert float_conv_count(histogram) == 0 == quant["optimized_graph"]["float_convs"]
+    assert histogram["QLinearConv"] == 55 and histogram["QLinearAdd"] == 24
+    parity = manifest["parity"]["onnx"]
+    assert parity["reference"] == "paddle-fp32" and "not used for calibration" in parity["source"]
+    assert parity["images"] == 4 and parity["argmax_agreement"] >= exporter.INT8_MIN_AGREEMENT
+
+
+def test_calibration_uses_the_train_split_never_val(tmp_path):
+    for split in ("train", "val"):
+        city = tmp_path / "leftImg8bit" / split / "aachen"
+        city.mkdir(parents=True)
+        cv2.imwrite(str(city / "aachen_000000_000019_leftImg8bit.png"), np.zeros((8, 8, 3), np.uint8))
+    folder, paths = calibration_pool(str(tmp_path))
+    assert folder.endswith(os.path.join("leftImg8bit", "train")) and len(paths) == 1 and "/train/" in paths[0]
+    with pytest.raises(DDRNetError, match="val split"):
+        calibration_pool(str(tmp_path / "leftImg8bit" / "val"))
+
+
+def _cli(*args: str):
+    return subprocess.run([sys.executable, "-m", "ddrnet", "export", *args], capture_output=True, text=True)
+
+
+def test_cli_exports_and_prints_one_line(random_weights, tmp_path):
+    out = tmp_path / "cli"
+    result = _cli("--weights", random_weights, "--format", "onnx", "--input-shape", "1,3,64,128",
+                  "--parity-num", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "exported ddrnet23_slim fp32" in result.stdout
+    assert load_manifest(str(out))["files"][0]["path"] == "model.onnx"
+
+
+def test_cli_help_shows_the_format_table():
+    result = _cli("--help")
+    assert result.returncode == 0
+    assert "Paddle Inference  paddle" in result.stdout and "ONNX              onnx" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights", "{missing}"], "no such weights file"),
+    (["--weights", "{weights}", "--model-name", "ddrnet23"], "weights do not fit this model"),
+    (["--weights", "{weights}", "--input-shape", "1,3,64"], "--input-shape"),
+    (["--weights", "{weights}", "--format", "tflite"], "--format tflite"),
+    (["--weights", "{weights}", "--format", "onnx", "--int8", "--calib-dir", "{empty}"], "no images"),
+    (["--weights", "{weights}", "--out", "/proc/ddrnet/model"], "cannot write the output folder"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, random_weights, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    values = {"missing": str(tmp_path / "missing.pdparams"), "weights": random_weights, "empty": str(empty)}
+    args = [a.format(**values) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    result = _cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddrnet export: error:") and message in lines[0], result.stderr
