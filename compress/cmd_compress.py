@@ -52,14 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cs.add_argument("--out", required=True, help="folder for the Cityscapes-layout train split")
 
 
-def load_compress_config(path: str, opts):
-    """A bundled compression config by name (compress/configs/), else any path / training config."""
-    from ddrnet.train.config import load_config
-
-    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", os.path.basename(path))
-    return load_config(path if os.path.isfile(path) or not os.path.isfile(bundled) else bundled, opts)
-
-
 def run(args: argparse.Namespace) -> int:
     from ddrnet.runtime.errors import DDRNetError
 
@@ -97,7 +89,7 @@ def _compress(args: argparse.Namespace) -> int:
 
     if args.device:
         paddle.set_device(args.device)
-    cfg = load_compress_config(args.config, args.opt)
+    cfg = pipeline.load_compress_config(args.config, args.opt)
     if args.ptq:
         from ddrnet.compress.ptq import parse_methods, run_ptq
 

@@ -11,8 +11,11 @@ overrides (iters, lr_scheduler, ...), e.g. compress/configs/qat_ddrnet23_slim_sy
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
+
+import paddle
 
 from ddrnet.compress.prune import CRITERIA, check_ratio, model_cost, prune_model
 from ddrnet.compress.qat import load_compressed, quant_config, quantize_model
@@ -20,7 +23,7 @@ from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.manifest import sha256_file
 from ddrnet.runtime.metrics import write_json
 from ddrnet.train.checkpoint import STATE, latest_checkpoint, read_state, resolve_weights
-from ddrnet.train.config import _merge as merge_config
+from ddrnet.train.config import _merge as merge_config, load_config
 from ddrnet.train.data import CityscapesDataset, build_transforms
 from ddrnet.train.evaluate import evaluate
 from ddrnet.train.trainer import fit
@@ -28,6 +31,24 @@ from ddrnet.train.trainer import fit
 BEST = "best_model"
 REPORT = "compress_report.json"
 SECTIONS = ("prune", "qat", "ptq")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def fresh_parameter_names(run: Callable) -> Callable:
+    """Run a stage with Paddle's parameter names counted from zero. The optimizer state in a
+    checkpoint is keyed by those names, so a resumed stage must name its parameters as the
+    interrupted one did, whatever else this process built before (e.g. the stage before it)."""
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        with paddle.utils.unique_name.guard():
+            return run(*args, **kwargs)
+    return wrapper
+
+
+def load_compress_config(path: str, opts: Optional[Sequence[str]] = None) -> dict:
+    """A bundled compression config by name (compress/configs/), else a path or a training config."""
+    bundled = os.path.join(CONFIG_DIR, os.path.basename(path))
+    return load_config(path if os.path.isfile(path) or not os.path.isfile(bundled) else bundled, opts)
 
 
 def finetune_config(cfg: dict, stage: str, iters: Optional[int] = None) -> dict:
@@ -55,9 +76,7 @@ def split_dataset(cfg: dict, key: str, data_root: Optional[str]) -> CityscapesDa
 
 def load_source(weights: str, cfg: dict):
     """(model, meta, compression) of the weights to compress; they must be the config's architecture."""
-    expected = (cfg.get("model") or {}).get("name")
-    model, meta, compression = load_compressed(weights, model_name=expected)
-    return model, meta, compression
+    return load_compressed(weights, model_name=(cfg.get("model") or {}).get("name"))
 
 
 def source_info(weights: str) -> dict:
@@ -92,6 +111,7 @@ def _record(save_dir: str, stage: str, report: dict) -> None:
     write_json({stage: report, "checkpoint": os.path.abspath(best)}, os.path.join(save_dir, REPORT))
 
 
+@fresh_parameter_names
 def run_qat(cfg: dict, weights: str, save_dir: str, data_root: Optional[str] = None, resume: bool = False,
             iters: Optional[int] = None) -> dict:
     """Fold BN, insert PaddleSlim fake quantization, fine-tune; report FP32 vs QAT mIoU on val."""
@@ -119,6 +139,7 @@ def run_qat(cfg: dict, weights: str, save_dir: str, data_root: Optional[str] = N
     return report
 
 
+@fresh_parameter_names
 def run_prune(cfg: dict, weights: str, save_dir: str, ratio: Optional[float] = None,
               criterion: Optional[str] = None, data_root: Optional[str] = None, resume: bool = False,
               iters: Optional[int] = None) -> dict:

@@ -16,7 +16,9 @@ so `resize_to_shapes` rebuilds the same structure on a freshly built model befor
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import contextlib
+import logging
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -62,6 +64,21 @@ def _pruner(model: nn.Layer, criterion: str, trace_shape: Sequence[int]):
     return cls(model, list(trace_shape), skip_leaves=True)
 
 
+@contextlib.contextmanager
+def _quiet_paddleslim() -> Iterator[None]:
+    """PaddleSlim logs every traced leaf and pruned tensor at INFO/WARNING on its own handlers."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith("paddleslim")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def tensor_shapes(model: nn.Layer) -> Shapes:
     return {name: list(t.shape) for name, t in model.state_dict().items()}
 
@@ -74,11 +91,12 @@ def prune_model(model: nn.Layer, ratio: float, criterion: str = "l1",
     before = tensor_shapes(model)
     was_training = model.training
     model.eval()
-    pruner = _pruner(model, criterion, trace_shape)
-    ratios = {c.master_name: ratio for c in pruner.collections}
-    if not ratios:
-        raise DDRNetError("PaddleSlim found no prunable convolution group in this model")
-    pruner.prune_vars(ratios, axis=0)
+    with _quiet_paddleslim():
+        pruner = _pruner(model, criterion, trace_shape)
+        ratios = {c.master_name: ratio for c in pruner.collections}
+        if not ratios:
+            raise DDRNetError("PaddleSlim found no prunable convolution group in this model")
+        pruner.prune_vars(ratios, axis=0)
     _drop_backups(model)
     _sync_layer_attrs(model)
     if was_training:
@@ -111,12 +129,10 @@ def resize_to_shapes(model: nn.Layer, shapes: Shapes) -> None:
     unknown = [name for name in shapes if name not in tensors]
     if unknown:
         raise DDRNetError("pruned shapes name tensors this model lacks (first: {})".format(unknown[0]))
+    place = paddle.framework._current_expected_place()
     for name, shape in shapes.items():
-        tensor = tensors[name]
-        tensor.value().get_tensor().set(np.zeros(shape, dtype=np.float32), paddle.CPUPlace())
+        tensors[name].value().get_tensor().set(np.zeros(shape, dtype=np.float32), place)
     _sync_layer_attrs(model)
-    if paddle.get_device() != "cpu":
-        model.to(paddle.get_device())
 
 
 def model_cost(model: nn.Layer, hw: Tuple[int, int] = (1024, 2048)) -> Dict[str, int]:

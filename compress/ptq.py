@@ -17,7 +17,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import paddle
-from tqdm import tqdm
 
 from ddrnet.compress.calib import calibration_images
 from ddrnet.compress.fold_bn import fold_bn
@@ -32,6 +31,7 @@ from ddrnet.train.evaluate import evaluate
 # --calib-method -> PaddleSlim's algo
 METHODS = {"kl": "KL", "hist": "hist", "mse": "mse", "avg": "avg", "abs_max": "abs_max"}
 MODEL_FILE, PARAMS_FILE = "model.pdmodel", "model.pdiparams"
+INPUT_NAME = "x"
 REPORT = "ptq_report.json"
 
 
@@ -66,16 +66,22 @@ class InferenceModel:
         return paddle.to_tensor(self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu())
 
 
-def _calibration_batches(paths: Sequence[str], transforms):
-    def generator():
-        for path in tqdm(paths, desc="calibrate", unit="img", leave=False):
-            image, _ = transforms(read_image(path))
-            yield [image[None]]
-    return generator
+class CalibrationSet(paddle.io.Dataset):
+    """Calibration images preprocessed as for evaluation (CHW float32, RGB, normalised)."""
+
+    def __init__(self, paths: Sequence[str], transforms):
+        super().__init__()
+        self.paths, self.transforms = list(paths), transforms
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.transforms(read_image(self.paths[index]))[0]
 
 
 def _save_fp32(model: paddle.nn.Layer, folder: str) -> None:
-    spec = [paddle.static.InputSpec([None, 3, None, None], "float32", name="x")]
+    spec = [paddle.static.InputSpec([None, 3, None, None], "float32", name=INPUT_NAME)]
     paddle.jit.save(model, os.path.join(folder, "model"), input_spec=spec)
 
 
@@ -86,13 +92,18 @@ def quantize_post_static(fp32_dir: str, out_dir: str, method: str, paths: Sequen
 
     paddle.enable_static()
     try:
-        quant_post_static(
-            executor=paddle.static.Executor(paddle.CPUPlace()), model_dir=fp32_dir, quantize_model_path=out_dir,
-            batch_generator=_calibration_batches(paths, transforms), model_filename=MODEL_FILE,
-            params_filename=PARAMS_FILE, save_model_filename=MODEL_FILE, save_params_filename=PARAMS_FILE,
-            batch_nums=len(paths), scope=paddle.static.Scope(), algo=METHODS[method], hist_percent=hist_percent,
-            quantizable_op_type=["conv2d"], weight_quantize_type="channel_wise_abs_max",
-            activation_quantize_type="moving_average_abs_max", onnx_format=True)
+        image = paddle.static.data(INPUT_NAME, [None, 3, None, None], "float32")
+        # Paddle 2.6's PTQ takes only a DataLoader; in static mode it yields feed dicts
+        loader = paddle.io.DataLoader(CalibrationSet(paths, transforms), feed_list=[image], batch_size=1,
+                                      return_list=False, places=paddle.CPUPlace())
+        scope = paddle.static.Scope()  # a fresh one per run: the model loads its parameters into it
+        with paddle.static.scope_guard(scope):
+            quant_post_static(
+                executor=paddle.static.Executor(paddle.CPUPlace()), model_dir=fp32_dir, quantize_model_path=out_dir,
+                data_loader=loader, model_filename=MODEL_FILE, params_filename=PARAMS_FILE,
+                save_model_filename=MODEL_FILE, save_params_filename=PARAMS_FILE, batch_nums=len(paths),
+                scope=scope, algo=METHODS[method], hist_percent=hist_percent, quantizable_op_type=["conv2d"],
+                weight_quantize_type="channel_wise_abs_max", onnx_format=True)
     finally:
         paddle.disable_static()
 

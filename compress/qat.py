@@ -91,12 +91,6 @@ def _fake_quantize_conv_outputs(model: nn.Layer, config: dict) -> None:
                 layer._layer, activation_bits=config["activation_bits"], moving_rate=config["moving_rate"])
 
 
-def is_quantized(model: nn.Layer) -> bool:
-    from paddle.nn.quant.quant_layers import QuantizedConv2D
-
-    return any(isinstance(layer, QuantizedConv2D) for layer in model.sublayers())
-
-
 def save_quant_inference_model(model: nn.Layer, path_prefix: str, input_spec: Sequence,
                                config: Optional[dict] = None) -> Tuple[str, str]:
     """Paddle Inference INT8 model (Q/DQ ops, INT8 weights) of a QAT model or of a layer wrapping
@@ -145,7 +139,8 @@ def build_compressed(meta: dict, compression: Dict) -> DualResNet:
 def load_compressed(weights: str, model_name: Optional[str] = None) -> Tuple[DualResNet, dict, dict]:
     """(model in eval mode, model meta, compression description) of any checkpoint: plain FP32,
     pruned, BN-folded and/or quantization-aware. Weights of another structure are refused with a
-    one-line DDRNetError. `model_name` is for bare .pdparams without a state.json."""
+    one-line DDRNetError. `model_name`: the architecture expected (checked against the weights'
+    description; needed for bare .pdparams, e.g. PaddleSeg's)."""
     weights = resolve_weights(weights)
     state = read_checkpoint_state(weights)
     described = weights_meta(weights) or {}

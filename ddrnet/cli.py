@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import List, Optional
 
 # name -> (module, one-line help)
@@ -54,6 +55,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ddrnet.runtime.errors import DDRNetError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Paddle, PaddleSlim and setuptools warn about their own internals on every run; a user sees
+    # one-line errors and progress bars, not those (PYTHONWARNINGS still turns them back on).
+    if not sys.warnoptions:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args._run(args) or 0)

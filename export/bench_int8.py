@@ -29,17 +29,21 @@ def _session(path: str, threads: int):
 
 
 def interleaved_ms(paths: Dict[str, str], tensor: np.ndarray, threads: int, iters: int,
-                   warmup: int = 3) -> Dict[str, List[float]]:
+                   warmup: int = 3) -> Dict[str, Dict[str, List[float]]]:
+    """Wall-clock and process CPU milliseconds per run. On a shared machine the CPU time of a
+    single-threaded session is the steadier measure of work (other processes stretch wall time);
+    with more threads it also counts the pool's spin-waiting."""
     sessions = {name: _session(path, threads) for name, path in paths.items()}
     for session in sessions.values():
         for _ in range(warmup):
             session.run(None, {"x": tensor})
-    times: Dict[str, List[float]] = {name: [] for name in sessions}
+    times = {name: {"wall": [], "cpu": []} for name in sessions}  # type: Dict[str, Dict[str, List[float]]]
     for _ in range(iters):
         for name, session in sessions.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             session.run(None, {"x": tensor})
-            times[name].append((time.perf_counter() - start) * 1000)
+            times[name]["cpu"].append((time.process_time() - cpu) * 1000)
+            times[name]["wall"].append((time.perf_counter() - wall) * 1000)
     return times
 
 
@@ -90,11 +94,15 @@ def main() -> int:
         tensor = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
         times = interleaved_ms(paths, tensor, args.threads, args.iters)
         histogram = optimized_op_histogram(paths["int8"], args.threads)
-    medians = {name: float(np.median(t)) for name, t in times.items()}
+    medians = {name: float(np.median(t["wall"])) for name, t in times.items()}
+    cpu_medians = {name: float(np.median(t["cpu"])) for name, t in times.items()}
     result = {
-        "host": host_info(), "threads": args.threads, "input_shape": list(shape), "iterations": args.iters,
-        "median_ms": medians, "min_ms": {name: float(np.min(t)) for name, t in times.items()},
+        "host": host_info(), "load_average": list(os.getloadavg()), "threads": args.threads,
+        "input_shape": list(shape), "iterations": args.iters,
+        "median_ms": medians, "min_ms": {name: float(np.min(t["wall"])) for name, t in times.items()},
+        "cpu_median_ms": cpu_medians,
         "speedup_median": medians["fp32"] / medians["int8"],
+        "speedup_cpu_median": cpu_medians["fp32"] / cpu_medians["int8"],
         "int8_optimized_graph": {"float_convs": float_conv_count(histogram), "op_histogram": histogram},
     }
     print(json.dumps(result, indent=1))

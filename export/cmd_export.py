@@ -17,6 +17,8 @@ examples:
 from __future__ import annotations
 
 import argparse
+import os
+import warnings
 from typing import Tuple
 
 
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint folder or .pdparams (with its state.json / .json sidecar)")
     parser.add_argument("--model-name", help="architecture when the weights carry no description "
                                              "(ddrnet23_slim, ddrnet23, ddrnet39; PaddleSeg's DDRNet_23 is ddrnet23)")
-    parser.add_argument("--format", default="paddle,onnx", help="comma-separated: paddle, onnx (default: both)")
+    parser.add_argument("--format", help="comma-separated: paddle, onnx (default: both; onnx with --int8)")
     parser.add_argument("--input-shape", default="1,3,1024,2048",
                         help="N,3,H,W (fixed; -1 for a dynamic dim) or 'dynamic' (default 1,3,1024,2048)")
     parser.add_argument("--output-op", default="argmax", choices=("argmax", "softmax", "none"),
@@ -55,13 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO lines, before paddle is imported
+    # paddleslim's import-time deprecation notices would break the one-line error contract
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils", category=UserWarning)
     from ddrnet.export.exporter import export_model
     from ddrnet.runtime.errors import DDRNetError
 
     if args.calib_num < 1 or args.parity_num < 1:
         raise DDRNetError("--calib-num and --parity-num must be at least 1")
+    formats = args.format or ("onnx" if args.int8 else "paddle,onnx")
     manifest = export_model(
-        args.weights, args.out, formats=args.format.split(","), input_shape=args.input_shape,
+        args.weights, args.out, formats=formats.split(","), input_shape=args.input_shape,
         output_op=args.output_op, opset=args.opset, model_name=args.model_name, optimize=not args.no_optimize,
         int8=args.int8, calib_dir=args.calib_dir, calib_num=args.calib_num, int8_target=args.int8_target,
         parity_num=args.parity_num, sample_hw=args.sample_size)

@@ -2,35 +2,47 @@
 
     from ddrnet.export.exporter import export_model
     manifest = export_model("runs/train/best", "runs/export/fp32", formats=("paddle", "onnx"))
-    manifest = export_model("runs/qat/best", "runs/export/int8", formats=("onnx",), int8=True,
-                            calib_dir="data/cityscapes")
+    manifest = export_model("runs/qat/best_model", "runs/export/int8", int8=True, calib_dir="data/cityscapes")
+
+Any checkpoint `ddrnet compress` writes loads (`load_compressed`: plain, pruned, BN-folded, QAT).
+INT8 ONNX is always onnxruntime's static quantization of an FP32 graph (see onnx_int8: that is what
+makes it faster than FP32 on CPU); from a QAT checkpoint that graph carries the QAT-fine-tuned
+weights, and the Paddle Inference INT8 model is the QAT model's own fake-quant program
+(PaddleSlim). INT8 Paddle Inference therefore needs a QAT checkpoint.
 
 Everything is written into a temporary folder next to `out_dir` and renamed at the end, so a failed
 export (including a failed parity check) leaves nothing half-written behind.
 
-Parity gates: FP32 exports must agree with the Paddle model on >= 99.9 % of pixels; INT8 ONNX on
->= 99 % with its reference. That reference is the fake-quant Paddle model when the caller passes
-one (`int8_reference`, from QAT); for INT8 made from plain FP32 weights it is the FP32 Paddle model,
-so the INT8 figure then includes the quantization error itself (deploy.yaml says which).
+Parity gates: FP32 exports must agree with the Paddle model on >= 99.9 % of pixels; INT8 on >= 99 %
+with its reference: the fake-quant Paddle model of a QAT checkpoint ("paddle-fakequant"), or, for
+INT8 made from plain FP32 weights, the FP32 Paddle model ("paddle-fp32"), so the INT8 figure then
+includes the quantization error itself.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import shutil
 import tempfile
 from typing import List, Optional, Sequence, Tuple, Union
 
+import cv2
 import paddle
 import paddle.nn.functional as F
 
 from ddrnet.export import frames as frame_sources
 from ddrnet.export import onnx_fp32, parity
 from ddrnet.export.check import float_conv_count, optimized_op_histogram
+from ddrnet.export.onnx_int8 import TARGETS as INT8_TARGETS
+from ddrnet.export.onnx_int8 import quantize_onnx
+from ddrnet.runtime import Predictor
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.labels import CLASS_NAMES, PALETTE
 from ddrnet.runtime.manifest import MANIFEST_NAME, OUTPUT_OPS, sha256_file, write_manifest
-from ddrnet.train.checkpoint import load_model, resolve_weights
+from ddrnet.compress.calib import calibration_images, sample
+from ddrnet.compress.qat import build_compressed, load_compressed, save_quant_inference_model
+from ddrnet.train.checkpoint import resolve_weights
 
 FORMATS = ("paddle", "onnx")
 MEAN = (0.5, 0.5, 0.5)
@@ -44,6 +56,23 @@ PADDLE_FILES = ("inference.pdmodel", "inference.pdiparams")
 ONNX_FILE = "model.onnx"
 
 Shape = Tuple[int, int, int, int]
+
+
+@dataclasses.dataclass
+class _Job:
+    """What one export_model call asked for, after validation."""
+    shape: Shape
+    formats: List[str]
+    output_op: str
+    opset: int
+    optimize: bool
+    int8: bool
+    int8_target: str
+    parity_num: int
+    sample_hw: Optional[Tuple[int, int]]
+    calib_source: str = ""  # folder or list file
+    pool: List[str] = dataclasses.field(default_factory=list)  # every image of the calibration source
+    calibration: List[str] = dataclasses.field(default_factory=list)  # the ones calibration uses
 
 
 class WithOutputOp(paddle.nn.Layer):
@@ -78,7 +107,8 @@ def parse_input_shape(value: Union[str, Sequence[int]]) -> Shape:
     return dims  # type: ignore[return-value]
 
 
-def _check_options(formats: Sequence[str], output_op: str, opset: int, int8: bool, calib_dir: Optional[str]) -> None:
+def _check_options(formats: Sequence[str], output_op: str, opset: int, int8: bool, calib_dir: Optional[str],
+                   int8_target: str) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise DDRNetError("--format {}: choose from {}".format(",".join(formats) or "''", ",".join(FORMATS)))
@@ -87,11 +117,10 @@ def _check_options(formats: Sequence[str], output_op: str, opset: int, int8: boo
     onnx_fp32.check_opset(opset)
     if int8 and opset < MIN_INT8_OPSET:
         raise DDRNetError("--int8 needs --opset {} or newer (per-channel Q/DQ), got {}".format(MIN_INT8_OPSET, opset))
-    if int8 and "paddle" in formats:
-        raise DDRNetError("--int8 writes ONNX only: an INT8 Paddle Inference model is the fake-quant model of "
-                          "`ddrnet compress --qat`; use --format onnx")
+    if int8 and int8_target not in INT8_TARGETS:
+        raise DDRNetError("--int8-target {}: choose {}".format(int8_target, " or ".join(INT8_TARGETS)))
     if int8 and not calib_dir:
-        raise DDRNetError("--int8 needs --calib-dir (Cityscapes root or image folder; its train split is used)")
+        raise DDRNetError("--int8 needs --calib-dir (Cityscapes root: its train split; image folder; list file)")
 
 
 def _stage_dir(out_dir: str) -> str:
@@ -203,8 +232,6 @@ def _sample_sizes(shape: Shape, sample_hw: Optional[Tuple[int, int]], count: int
 
 def _resize_for(frames_bgr: list, sizes: List[Tuple[int, int]], shape: Shape) -> list:
     """Frames at the sizes a dynamic model runs them (fixed models resize inside the Predictor)."""
-    import cv2
-
     if shape[2] > 0 and shape[3] > 0:
         return frames_bgr
     return [cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f, (h, w) in zip(frames_bgr, sizes)]
@@ -212,7 +239,7 @@ def _resize_for(frames_bgr: list, sizes: List[Tuple[int, int]], shape: Shape) ->
 
 def _check_parity(results: dict, int8: bool) -> None:
     for fmt, result in results.items():
-        minimum = INT8_MIN_AGREEMENT if int8 and fmt == "onnx" else FP32_MIN_AGREEMENT
+        minimum = INT8_MIN_AGREEMENT if int8 else FP32_MIN_AGREEMENT
         if result["argmax_agreement"] < minimum:
             raise DDRNetError("parity check failed: {} {} agrees with {} on {:.3%} of pixels (< {:.1%}); nothing "
                               "written".format("INT8" if int8 else "FP32", fmt, result["reference"],
@@ -223,58 +250,30 @@ def export_model(weights: str, out_dir: str, formats: Sequence[str] = FORMATS,
                  input_shape: Union[str, Sequence[int]] = (1, 3, 1024, 2048), output_op: str = "argmax",
                  opset: int = 13, model_name: Optional[str] = None, optimize: bool = True,
                  int8: bool = False, calib_dir: Optional[str] = None, calib_num: int = 32,
-                 int8_target: str = "cpu", int8_reference: Optional[paddle.nn.Layer] = None,
-                 parity_num: int = 8, sample_hw: Optional[Tuple[int, int]] = None) -> dict:
+                 int8_target: str = "cpu", parity_num: int = 8, sample_hw: Optional[Tuple[int, int]] = None) -> dict:
     """Export `weights` (checkpoint folder or .pdparams) into `out_dir`; returns the deploy.yaml written.
 
     int8: calibrate on `calib_num` images of `calib_dir` and quantize the ONNX model (Q/DQ) for
-    `int8_target` ("cpu": onnxruntime on x86, "tensorrt"). With QAT weights pass the QAT checkpoint
-    as `weights` and, for the parity reference, its fake-quant Paddle layer as `int8_reference`.
+    `int8_target` ("cpu": onnxruntime on x86, "tensorrt"); the paddle format needs a QAT checkpoint.
     sample_hw: size of calibration and parity images for dynamic-shape exports (default 512x1024).
     """
-    shape = parse_input_shape(input_shape)
-    formats = [f.strip().lower() for f in formats if f.strip()]
-    _check_options(formats, output_op, opset, int8, calib_dir)
+    job = _Job(shape=parse_input_shape(input_shape), formats=[f.strip().lower() for f in formats if f.strip()],
+               output_op=output_op, opset=opset, optimize=optimize, int8=int8, int8_target=int8_target,
+               parity_num=parity_num, sample_hw=sample_hw)
+    _check_options(job.formats, output_op, opset, int8, calib_dir, int8_target)
     weights = resolve_weights(weights)
-    pool: List[str] = []
-    calib_root = ""
-    if int8:  # fail on a bad calibration folder before any work
-        calib_root, pool = frame_sources.calibration_pool(calib_dir)
-    precision = "int8" if int8 else "fp32"
+    if int8:  # a bad calibration source fails before any work
+        job.calib_source = os.path.abspath(calib_dir)
+        job.pool = calibration_images(calib_dir)
+        job.calibration = sample(job.pool, calib_num)  # the images `ddrnet compress --ptq` would take
     stage = _stage_dir(out_dir)
     try:
-        model, meta = load_model(weights, model_name)
+        model, fakequant, meta, compression = load_for_export(weights, model_name)
+        if int8 and "paddle" in job.formats and fakequant is None:
+            raise DDRNetError("{}: INT8 Paddle Inference is the fake-quant model of a QAT checkpoint (`ddrnet "
+                              "compress --qat`); for INT8 from FP32 weights use --format onnx".format(weights))
         with tempfile.TemporaryDirectory() as scratch:
-            paddle_dir = stage if "paddle" in formats else scratch
-            model_file, params_file = save_paddle(model, output_op, shape, paddle_dir)
-            files = _file_entries(formats)
-            quantization = None
-            calibration: List[str] = []
-            if int8:
-                calibration = frame_sources.spread(pool, calib_num)
-                quantization = _quantize(model_file, params_file, scratch, stage, opset, optimize, meta, shape,
-                                         output_op, weights, calibration, calib_root, int8_target, sample_hw)
-            elif "onnx" in formats:
-                save_onnx_fp32(model_file, params_file, os.path.join(stage, ONNX_FILE), opset, optimize,
-                               _metadata(meta, shape, output_op, precision))
-            manifest = _manifest(meta, shape, output_op, precision, files, weights)
-            write_manifest(stage, manifest)  # without parity yet: the Predictor needs it to open the files
-            sizes = _sample_sizes(shape, sample_hw, parity_num)
-            checked = frame_sources.parity_frames(pool, calibration, parity_num, sizes[0],
-                                                  source=os.path.abspath(calib_root) if calib_root else "")
-            frames = _resize_for(checked.frames, sizes, shape)
-            reference = int8_reference if int8 and int8_reference is not None else model
-            reference_name = "paddle-fakequant" if int8 and int8_reference is not None else "paddle-fp32"
-            results = {}
-            for fmt in formats:
-                backend = "paddle" if fmt == "paddle" else "onnxruntime"
-                results[fmt] = dict(parity.measure(stage, backend, frames, reference, output_op),
-                                    reference=reference_name, source=checked.source)
-            _check_parity(results, int8)
-            manifest["parity"] = results
-            if quantization is not None:
-                manifest["quantization"] = quantization
-            written = write_manifest(stage, manifest)
+            written = _export_into(stage, scratch, model, fakequant if int8 else None, meta, compression, weights, job)
         _publish(stage, out_dir)
     finally:
         if os.path.isdir(stage):
@@ -282,31 +281,98 @@ def export_model(weights: str, out_dir: str, formats: Sequence[str] = FORMATS,
     return written
 
 
-def _quantize(model_file: str, params_file: str, scratch: str, stage: str, opset: int, optimize: bool, meta: dict,
-              shape: Shape, output_op: str, weights: str, calibration: List[str], calib_root: str,
-              target: str, sample_hw: Optional[Tuple[int, int]]) -> dict:
+def load_for_export(weights: str, model_name: Optional[str]) -> Tuple[paddle.nn.Layer, Optional[paddle.nn.Layer],
+                                                                      dict, dict]:
+    """(float model, fake-quant model or None, meta, compression) of any checkpoint, in eval mode.
+    A QAT checkpoint's float model is its fine-tuned weights in the BN-folded (and pruned) network."""
+    model, meta, compression = load_compressed(weights, model_name)
+    if not compression.get("qat"):
+        return model, None, meta, compression
+    plain = build_compressed(meta, {key: value for key, value in compression.items() if key != "qat"})
+    # PaddleSlim wraps each conv: `<conv>._layer.weight` is the float weight; `_fake_quant_*` the ranges
+    state = {key.replace("._layer.", "."): value for key, value in model.state_dict().items()
+             if "_fake_quant" not in key}
+    if set(state) != set(plain.state_dict()):
+        raise DDRNetError("{}: QAT weights do not map onto the BN-folded model ({} vs {} tensors)".format(
+            weights, len(state), len(plain.state_dict())))
+    plain.set_state_dict(state)
+    plain.eval()
+    return plain, model, meta, compression
+
+
+def _export_into(stage: str, scratch: str, model: paddle.nn.Layer, fakequant: Optional[paddle.nn.Layer],
+                 meta: dict, compression: dict, weights: str, job: _Job) -> dict:
+    """Write every file and deploy.yaml into `stage`; `scratch` holds what the model dir does not keep.
+    `fakequant`: the QAT model of an INT8 export from a QAT checkpoint (else None)."""
+    shape, output_op, formats = job.shape, job.output_op, job.formats
+    precision = "int8" if job.int8 else "fp32"
+    if "paddle" in formats and fakequant is not None:
+        spec = [paddle.static.InputSpec(list(shape), "float32", name=onnx_fp32.INPUT_NAME)]
+        save_quant_inference_model(WithOutputOp(fakequant, output_op), os.path.join(stage, "inference"), spec,
+                                   compression["qat"].get("config"))
+    float_paddle_in_dir = "paddle" in formats and fakequant is None
+    if float_paddle_in_dir or "onnx" in formats:  # ONNX is converted from the float Paddle program
+        model_file, params_file = save_paddle(model, output_op, shape, stage if float_paddle_in_dir else scratch)
+    quantization = None
+    if job.int8:
+        quantization = {"weights": "qat-fine-tuned" if fakequant is not None else "fp32"}
+        if "onnx" in formats:
+            quantization.update(_quantize(model_file, params_file, scratch, stage, meta, weights, job))
+        if "paddle" in formats:
+            quantization["paddle"] = {"method": "PaddleSlim QAT (fake-quant Q/DQ program)",
+                                      "config": compression["qat"].get("config") or {}}
+    elif "onnx" in formats:
+        save_onnx_fp32(model_file, params_file, os.path.join(stage, ONNX_FILE), job.opset, job.optimize,
+                       _metadata(meta, shape, output_op, precision))
+    manifest = _manifest(meta, shape, output_op, precision, _file_entries(formats), weights)
+    write_manifest(stage, manifest)  # without parity yet: the runtime's Predictor needs it to open the files
+    manifest["parity"] = _parity(stage, model if fakequant is None else fakequant,
+                                 "paddle-fp32" if fakequant is None else "paddle-fakequant", job)
+    _check_parity(manifest["parity"], job.int8)
+    if quantization is not None:
+        manifest["quantization"] = quantization
+    return write_manifest(stage, manifest)
+
+
+def _parity(model_dir: str, reference: paddle.nn.Layer, reference_name: str, job: _Job) -> dict:
+    """Parity of every format in `model_dir` with `reference` on the same images."""
+    sizes = _sample_sizes(job.shape, job.sample_hw, job.parity_num)
+    checked = frame_sources.parity_frames(job.pool, job.calibration, job.parity_num, sizes[0],
+                                          source=job.calib_source)
+    frames = _resize_for(checked.frames, sizes, job.shape)
+    results = {}
+    for fmt in job.formats:
+        backend = "paddle" if fmt == "paddle" else "onnxruntime"
+        results[fmt] = dict(parity.measure(model_dir, backend, frames, reference, job.output_op),
+                            reference=reference_name, source=checked.source)
+    return results
+
+
+def _quantize(model_file: str, params_file: str, scratch: str, stage: str, meta: dict, weights: str,
+              job: _Job) -> dict:
     """FP32 ONNX in `scratch` (a complete model dir, so the runtime's preprocessing can be reused),
     quantized into `stage`/model.onnx. Returns deploy.yaml's quantization section."""
-    from ddrnet.export.onnx_int8 import quantize_onnx
-    from ddrnet.runtime import Predictor
-
+    shape, output_op, calibration = job.shape, job.output_op, job.calibration
     fp32_path = os.path.join(scratch, ONNX_FILE)
-    save_onnx_fp32(model_file, params_file, fp32_path, opset, optimize, _metadata(meta, shape, output_op, "fp32"))
+    save_onnx_fp32(model_file, params_file, fp32_path, job.opset, job.optimize,
+                   _metadata(meta, shape, output_op, "fp32"))
     write_manifest(scratch, _manifest(meta, shape, output_op, "fp32", _file_entries(["onnx"]), weights))
     preprocess = Predictor(scratch, backend="onnxruntime").preprocess
-    sizes = _sample_sizes(shape, sample_hw, 1)
-    frames = _resize_for(frame_sources.read_frames(calibration), sizes * len(calibration), shape)
-    int8_model, info = quantize_onnx(fp32_path, frames, preprocess, target)
+    size = _sample_sizes(shape, job.sample_hw, 1)[0]
+    frames = _resize_for(frame_sources.read_frames(calibration), [size] * len(calibration), shape)
+    int8_model, info = quantize_onnx(fp32_path, frames, preprocess, job.int8_target)
     onnx_fp32.set_metadata(int8_model, _metadata(meta, shape, output_op, "int8"))
     path = os.path.join(stage, ONNX_FILE)
     onnx_fp32.save(int8_model, path)
     histogram = optimized_op_histogram(path)
     float_convs = float_conv_count(histogram)
-    if target == "cpu" and float_convs:
+    # the TensorRT target keeps ReLUs between Q/DQ pairs for TensorRT to fuse: onnxruntime's CPU graph
+    # is not what runs there, so the check applies to the CPU target
+    if job.int8_target == "cpu" and float_convs:
         raise DDRNetError("INT8 export: {} convolutions still run in float in onnxruntime's optimized graph "
                           "(op histogram {}); nothing written".format(float_convs, histogram))
-    info["calibration"] = {"path": os.path.abspath(calib_root), "count": len(calibration),
-                           "sha256": frame_sources.paths_digest(calibration, calib_root),
-                           "size": list(sizes[0])}
+    root = job.calib_source if os.path.isdir(job.calib_source) else os.path.dirname(job.calib_source)
+    info["calibration"] = {"path": job.calib_source, "count": len(calibration),
+                           "sha256": frame_sources.paths_digest(calibration, root), "size": list(size)}
     info["optimized_graph"] = {"float_convs": float_convs, "op_histogram": histogram}
     return info

@@ -73,16 +73,14 @@ def name_io(model: onnx.ModelProto) -> None:
                 dim.dim_param = name
 
 
-def check_resize_modes(model: onnx.ModelProto) -> int:
-    """Every Resize must be half-pixel (Paddle's align_corners=False, align_mode=0). Returns the count."""
-    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
-    for node in resizes:
+def check_resize_modes(model: onnx.ModelProto) -> None:
+    """Every Resize must be half-pixel (Paddle's align_corners=False, align_mode=0)."""
+    for node in [n for n in model.graph.node if n.op_type == "Resize"]:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         mode = attrs.get("coordinate_transformation_mode", b"half_pixel").decode()
         if mode != "half_pixel":
             raise DDRNetError("paddle2onnx wrote Resize {} with coordinate_transformation_mode={}: it would "
                               "drift from Paddle's half-pixel bilinear interp".format(node.name, mode))
-    return len(resizes)
 
 
 def optimize_basic(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -95,13 +93,7 @@ def optimize_basic(model: onnx.ModelProto) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         options.optimized_model_filepath = os.path.join(tmp, "basic.onnx")
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(options.optimized_model_filepath)
-    # onnxruntime declares every domain it knows; keep the ones the graph uses (TensorRT warns on others)
-    used = {node.domain for node in optimized.graph.node} | {""}
-    keep = [o for o in optimized.opset_import if o.domain in used]
-    del optimized.opset_import[:]
-    optimized.opset_import.extend(keep)
-    return optimized
+        return onnx.load(options.optimized_model_filepath)
 
 
 def set_metadata(model: onnx.ModelProto, metadata: Dict[str, object]) -> None:
@@ -113,10 +105,12 @@ def set_metadata(model: onnx.ModelProto, metadata: Dict[str, object]) -> None:
         entry.value = value if isinstance(value, str) else json.dumps(value)
 
 
-def read_metadata(path: str) -> Dict[str, str]:
-    return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-
-
 def save(model: onnx.ModelProto, path: str) -> None:
+    """Check and write; onnxruntime's optimizers declare every domain they know, so only the ones
+    the graph uses are kept (TensorRT warns about the others)."""
+    used = {node.domain for node in model.graph.node} | {""}
+    keep = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
     onnx.checker.check_model(model)
     onnx.save(model, path)

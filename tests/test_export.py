@@ -22,7 +22,6 @@ import pytest
 from ddrnet.export import exporter
 from ddrnet.export.check import float_conv_count, optimized_op_histogram
 from ddrnet.export.exporter import export_model
-from ddrnet.export.frames import calibration_pool
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.labels import CLASS_NAMES, PALETTE
 from ddrnet.runtime.manifest import load_manifest, sha256_file
@@ -200,21 +199,115 @@ def test_int8_onnx_runs_integer_convolutions_and_agrees_with_paddle(trained, tmp
     assert quant["head_resize_quantized"]
     histogram = optimized_op_histogram(os.path.join(out, "model.onnx"))
     assert float_conv_count(histogram) == 0 == quant["optimized_graph"]["float_convs"]
-    assert histogram["QLinearConv"] == 55 and histogram["QLinearAdd"] == 24
+    # 55 convolutions + the 12 pre-activation BNs (as depthwise convs), 24 adds: all integer kernels
+    assert quant["batchnorm_as_depthwise_conv"] == 12 and "BatchNormalization" not in histogram
+    assert histogram["QLinearConv"] == 55 + 12 and histogram["QLinearAdd"] == 24
     parity = manifest["parity"]["onnx"]
     assert parity["reference"] == "paddle-fp32" and "not used for calibration" in parity["source"]
     assert parity["images"] == 4 and parity["argmax_agreement"] >= exporter.INT8_MIN_AGREEMENT
 
 
-def test_calibration_uses_the_train_split_never_val(tmp_path):
-    for split in ("train", "val"):
-        city = tmp_path / "leftImg8bit" / split / "aachen"
-        city.mkdir(parents=True)
-        cv2.imwrite(str(city / "aachen_000000_000019_leftImg8bit.png"), np.zeros((8, 8, 3), np.uint8))
-    folder, paths = calibration_pool(str(tmp_path))
-    assert folder.endswith(os.path.join("leftImg8bit", "train")) and len(paths) == 1 and "/train/" in paths[0]
+def test_int8_from_a_qat_checkpoint_writes_both_formats(trained, tmp_path):
+    """A QAT checkpoint: INT8 Paddle Inference is its fake-quant program, INT8 ONNX the
+    onnxruntime quantization of its fine-tuned float weights; both judged against the fake-quant model."""
+    import paddle.nn.functional as F
+
+    from ddrnet.compress.qat import quant_config, quantize_model
+    from ddrnet.train.checkpoint import save_checkpoint
+
+    weights, scenes = trained
+    model, meta = load_model(weights)
+    quantize_model(model, quant_config())
+    model.train()
+    rng = np.random.default_rng(3)
+    optimizer = paddle.optimizer.Adam(learning_rate=2e-4, parameters=model.parameters())
+    for _ in range(10):  # QAT steps: the fake-quant ranges settle, the weights move
+        batch = [scene(rng) for _ in range(4)]
+        loss = F.cross_entropy(model(paddle.to_tensor(np.stack([to_tensor(image) for image, _ in batch])))[0],
+                               paddle.to_tensor(np.stack([label for _, label in batch])), axis=1)
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    model.eval()
+    checkpoint = save_checkpoint(str(tmp_path / "qat"), model, {"iteration": 10, "model": meta,
+                                                                "compression": {"fold_bn": True, "qat": {"config": {}}}})
+    out = str(tmp_path / "int8")
+    manifest = export_model(checkpoint, out, formats=("paddle", "onnx"), input_shape=(1, 3) + HW, int8=True,
+                            calib_dir=scenes, calib_num=8, parity_num=4)
+    assert sorted(os.listdir(out)) == ["deploy.yaml", "inference.pdiparams", "inference.pdmodel", "model.onnx"]
+    assert manifest["quantization"]["weights"] == "qat-fine-tuned" and "paddle" in manifest["quantization"]
+    assert manifest["quantization"]["optimized_graph"]["float_convs"] == 0
+    for fmt in ("paddle", "onnx"):
+        assert manifest["parity"][fmt]["reference"] == "paddle-fakequant"
+        assert manifest["parity"][fmt]["argmax_agreement"] >= exporter.INT8_MIN_AGREEMENT
+
+
+def test_int8_paddle_format_needs_a_qat_checkpoint(trained, tmp_path):
+    weights, scenes = trained
+    with pytest.raises(DDRNetError, match="QAT checkpoint"):
+        export_model(weights, str(tmp_path / "int8"), formats=("paddle", "onnx"), input_shape=(1, 3) + HW,
+                     int8=True, calib_dir=scenes)
+    assert os.listdir(tmp_path) == []
+
+
+def test_int8_never_calibrates_on_the_val_split(random_weights, tmp_path):
+    city = tmp_path / "leftImg8bit" / "val" / "aachen"
+    city.mkdir(parents=True)
+    cv2.imwrite(str(city / "aachen_000000_000019_leftImg8bit.png"), np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(DDRNetError, match="val split"):
-        calibration_pool(str(tmp_path / "leftImg8bit" / "val"))
+        export_model(random_weights, str(tmp_path / "int8"), formats=("onnx",), int8=True,
+                     calib_dir=str(tmp_path / "leftImg8bit" / "val"))
+    assert not (tmp_path / "int8").exists()
+
+
+def _run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _graph(nodes, weights: dict, out_shape) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_int8_graph_rewrites_are_exact_in_float():
+    from onnx import helper
+
+    from ddrnet.export.onnx_int8 import batchnorm_to_depthwise_conv, stem_space_to_depth
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 3, 16, 32)).astype(np.float32)
+    stem = _graph([helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                    pads=[1, 1, 1, 1])],
+                  {"w": rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "b": rng.normal(size=8).astype(np.float32)},
+                  [1, 8, 8, 16])
+    bn = _graph([helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], epsilon=1e-5)],
+                {"g": rng.normal(size=3).astype(np.float32), "b": rng.normal(size=3).astype(np.float32),
+                 "m": rng.normal(size=3).astype(np.float32), "v": rng.uniform(0.5, 2, 3).astype(np.float32)},
+                [1, 3, 16, 32])
+    expected = [_run_onnx(stem, x), _run_onnx(bn, x)]
+    assert stem_space_to_depth(stem) and batchnorm_to_depthwise_conv(bn) == 1
+    assert [n.op_type for n in stem.graph.node] == ["SpaceToDepth", "Conv"]
+    assert [n.op_type for n in bn.graph.node] == ["Conv"] and len(bn.graph.initializer) == 2
+    np.testing.assert_allclose(_run_onnx(stem, x), expected[0], atol=1e-5)
+    np.testing.assert_allclose(_run_onnx(bn, x), expected[1], atol=1e-5)
+
+
+def test_a_resize_that_is_not_half_pixel_is_refused():
+    from onnx import helper
+
+    from ddrnet.export.onnx_fp32 import check_resize_modes
+
+    model = _graph([helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear",
+                                     coordinate_transformation_mode="align_corners")],
+                   {"s": np.array([1, 1, 2, 2], np.float32)}, [1, 3, 32, 64])
+    with pytest.raises(DDRNetError, match="align_corners"):
+        check_resize_modes(model)
 
 
 def _cli(*args: str):
@@ -238,10 +331,10 @@ def test_cli_help_shows_the_format_table():
 
 @pytest.mark.parametrize("args, message", [
     (["--weights", "{missing}"], "no such weights file"),
-    (["--weights", "{weights}", "--model-name", "ddrnet23"], "weights do not fit this model"),
+    (["--weights", "{weights}", "--model-name", "ddrnet23"], "weights of ddrnet23_slim, not ddrnet23"),
     (["--weights", "{weights}", "--input-shape", "1,3,64"], "--input-shape"),
     (["--weights", "{weights}", "--format", "tflite"], "--format tflite"),
-    (["--weights", "{weights}", "--format", "onnx", "--int8", "--calib-dir", "{empty}"], "no images"),
+    (["--weights", "{weights}", "--format", "onnx", "--int8", "--calib-dir", "{empty}"], "no calibration images"),
     (["--weights", "{weights}", "--out", "/proc/ddrnet/model"], "cannot write the output folder"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, random_weights, tmp_path):

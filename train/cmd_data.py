@@ -9,8 +9,6 @@ The same seed and size always give the same frames; frame i does not depend on N
 from __future__ import annotations
 
 import argparse
-import re
-from typing import Tuple
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,22 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--workers", type=int, default=1, help="processes to render with (default 1)")
 
 
-def parse_size(text: str) -> Tuple[int, int]:
-    from ddrnet.runtime.errors import DDRNetError
-
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match:
-        raise DDRNetError("--size {!r}: expected HEIGHTxWIDTH, e.g. 256x512".format(text))
-    return int(match.group(1)), int(match.group(2))
-
-
 def run(args: argparse.Namespace) -> int:
     return ACTIONS[args.action](args)
 
 
 def _synth(args: argparse.Namespace) -> int:
     from ddrnet.runtime.errors import DDRNetError
-    from ddrnet.train.synth import generate
+    from ddrnet.train.synth import generate, parse_size
 
     size = parse_size(args.size)
     if args.workers < 1:

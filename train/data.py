@@ -211,7 +211,8 @@ def build_transforms(cfg_list: Optional[List[dict]], train: bool) -> Compose:
 class CityscapesDataset(paddle.io.Dataset):
     """(image float32 CHW RGB normalised, label int64 HW trainIds) from the official layout.
 
-    Items are indexed by `i` or by the sampler's `(i, seed, epoch)`, which seeds the augmentation.
+    Items are indexed by `i` or by a sampler's `(i, seed, draw)`, which seeds the augmentation;
+    `draw` is whatever counter makes each draw new (the epoch here, the iteration in the trainer).
     """
 
     def __init__(self, root: str, split: str, transforms: Optional[Compose] = None):
@@ -224,11 +225,11 @@ class CityscapesDataset(paddle.io.Dataset):
         return len(self.samples)
 
     def __getitem__(self, item: Union[int, Tuple[int, int, int]]) -> Tuple[np.ndarray, np.ndarray]:
-        index, seed, epoch = (int(item), 0, 0) if np.isscalar(item) else item
+        index, seed, draw = (int(item), 0, 0) if np.isscalar(item) else item
         image_path, label_path = self.samples[index]
         bgr = read_image(image_path)
         label = load_train_ids(label_path, bgr.shape[:2], image_path)
-        rng = np.random.default_rng([seed, epoch, index])
+        rng = np.random.default_rng([seed, draw, index])
         im, label = self.transforms(bgr, label, rng)
         return im, label.astype(np.int64)
 
@@ -249,14 +250,13 @@ class SeededBatchSampler(paddle.io.DistributedBatchSampler):
             yield [(int(i), self.seed, epoch) for i in batch]
 
 
-def _worker_init(worker_id: int) -> None:
-    # each loader process decodes and resizes with one thread: N workers, not N x cores threads
-    cv2.setNumThreads(1)
+# Loader workers need no set-up: the sample keys seed the augmentation. (Not cv2.setNumThreads
+# either: in a forked worker it deadlocks once the parent has used OpenCV's thread pool.)
+# train/trainer.py still imports this name for its worker_init_fn; None is Paddle's "nothing".
+_worker_init = None
 
 
 def build_loader(dataset: paddle.io.Dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
                  drop_last: bool = False, seed: int = 0) -> paddle.io.DataLoader:
     sampler = SeededBatchSampler(dataset, batch_size, shuffle, drop_last, seed)
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                worker_init_fn=_worker_init if num_workers > 0 else None,
-                                return_list=True)
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, return_list=True)

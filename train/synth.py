@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
@@ -69,10 +70,15 @@ class Camera(NamedTuple):
     horizon: float    # image row of the horizon
     vanish_x: float   # image column of the street's vanishing point
 
-    def project(self, x: float, z: float, y: float = 0.0) -> Tuple[float, float]:
-        """Image (column, row) of the world point x metres right, y up, z ahead."""
+    def project(self, x, z, y=0.0):
+        """Image (column, row) of world points x metres right, y up, z ahead (scalars or arrays)."""
         return (self.vanish_x + self.focal * x / z,
                 self.horizon + self.focal * (self.cam_y - y) / z)
+
+    def first_visible(self, x: float) -> float:
+        """The distance at which a point x metres to the side enters the picture."""
+        room = self.width - self.vanish_x if x > 0 else self.vanish_x
+        return self.focal * abs(x) / room
 
 
 class Segments(NamedTuple):
@@ -81,7 +87,8 @@ class Segments(NamedTuple):
     kinds: np.ndarray    # [n] NONE / KIND_*
     heights: np.ndarray  # [n] metres
     colours: np.ndarray  # [n, 3] RGB
-    windows: np.ndarray  # [n, 4] window spacing along, floor height, window fractions (facades)
+    pattern: np.ndarray  # [n, 4] facades: window spacing along, floor height, window width and
+                         # height fractions; walls: the same numbers scaled into block sizes
 
 
 class WallLine(NamedTuple):
@@ -112,7 +119,6 @@ class Look(NamedTuple):
     sidewalk_tile: float
     verge_green: np.ndarray
     terrain: np.ndarray
-    vegetation: np.ndarray
     marking: np.ndarray
     haze_distance: float
     sun_side: int          # -1 sun from the left, +1 from the right
@@ -176,7 +182,7 @@ def choose_look(rng: np.random.Generator) -> Look:
         sky_top=top, sky_horizon=horizon, overcast=overcast,
         road=_grey(rng, 70, 135) * np.array([1.0, 1.0, rng.uniform(1.0, 1.08)], np.float32),
         sidewalk=sidewalk, sidewalk_tile=float(rng.uniform(0.4, 1.2)),
-        verge_green=_green(rng), terrain=_green(rng), vegetation=_green(rng) * 0.85,
+        verge_green=_green(rng), terrain=_green(rng),
         marking=_grey(rng, 190, 235), haze_distance=float(rng.uniform(250, 800)),
         sun_side=int(rng.choice([-1, 1])), shade=float(rng.uniform(0.55, 0.85)))
 
@@ -185,7 +191,7 @@ def choose_look(rng: np.random.Generator) -> Look:
 # scene layout
 
 # (probability of each kind NONE, building, vegetation, wall, fence; their height ranges in metres)
-FRONT_URBAN = ((0.08, 0.44, 0.12, 0.18, 0.18), (0, (7, 25), (1.5, 8), (1.0, 3.0), (1.0, 2.2)))
+FRONT_URBAN = ((0.06, 0.4, 0.1, 0.22, 0.22), (0, (7, 25), (1.5, 8), (1.0, 3.0), (1.0, 2.2)))
 FRONT_GREEN = ((0.15, 0.15, 0.3, 0.2, 0.2), (0, (7, 25), (1.5, 8), (1.0, 3.0), (1.0, 2.2)))
 GARDEN = ((0.2, 0.0, 0.25, 0.3, 0.25), (0, 0, (0.8, 2.0), (0.6, 1.6), (0.9, 2.0)))
 BACK_URBAN = ((0.15, 0.55, 0.3, 0.0, 0.0), (0, (12, 35), (5, 14), 0, 0))
@@ -194,10 +200,10 @@ PIECE_LENGTH = ((3, 15), (8, 35), (5, 25), (5, 20), (5, 25))
 PIECE_PAINT = (None, SHARED_PAINT, None, WALL_PAINT, FENCE_PAINT)
 
 
-def _segments(rng: np.random.Generator, start: float, end: float, recipe) -> Segments:
+def _segments(rng: np.random.Generator, start: float, end: float, recipe: Tuple[tuple, tuple]) -> Segments:
     """Pieces along a wall line: facades, hedges, walls, fences or gaps, each its own look."""
     kind_p, height_ranges = recipe
-    edges, kinds, heights, colours, windows = [start], [], [], [], []
+    edges, kinds, heights, colours, pattern = [start], [], [], [], []
     while edges[-1] < end:
         kind = int(rng.choice(5, p=kind_p))
         edges.append(edges[-1] + rng.uniform(*PIECE_LENGTH[kind]))
@@ -209,11 +215,11 @@ def _segments(rng: np.random.Generator, start: float, end: float, recipe) -> Seg
             colours.append(np.zeros(3, np.float32))
         else:
             colours.append(_pick(rng, PIECE_PAINT[kind]))
-        windows.append([rng.uniform(1.6, 3.5), rng.uniform(2.8, 3.6),
+        pattern.append([rng.uniform(1.6, 3.5), rng.uniform(2.8, 3.6),
                         rng.uniform(0.35, 0.65), rng.uniform(0.4, 0.65)])
     return Segments(np.array(edges, np.float32), np.array(kinds, np.int64),
                     np.array(heights, np.float32), np.array(colours, np.float32),
-                    np.array(windows, np.float32))
+                    np.array(pattern, np.float32))
 
 
 def choose_street(rng: np.random.Generator) -> Street:
@@ -225,7 +231,7 @@ def choose_street(rng: np.random.Generator) -> Street:
     for _ in range(2):
         verge = rng.uniform(1.0, 3.0) if rng.random() < 0.3 else 0.0
         sidewalk = rng.uniform(2.0, 5.0)
-        lawn = rng.uniform(2.0, 8.0) if rng.random() < 0.4 else 0.0
+        lawn = rng.uniform(2.0, 8.0) if rng.random() < 0.5 else 0.0
         sides.append((verge, sidewalk, lawn))
     (vl, sl, ll), (vr, sr, lr) = sides
     bands = np.array([
@@ -237,7 +243,7 @@ def choose_street(rng: np.random.Generator) -> Street:
     urban = rng.random() < 0.75
     lines = []
     for side, walk_out, lawn, wall_line in ((-1, bands[0], ll, front[0]), (1, bands[5], lr, front[1])):
-        if lawn > 0 and rng.random() < 0.7:  # front gardens: low fences, walls and hedges
+        if lawn > 0 and rng.random() < 0.85:  # front gardens: low fences, walls and hedges
             lines.append(WallLine(side, abs(float(walk_out)), _segments(rng, 0, far_z, GARDEN)))
         lines.append(WallLine(side, wall_line, _segments(rng, 0, far_z, FRONT_URBAN if urban else FRONT_GREEN)))
         lines.append(WallLine(side, wall_line + rng.uniform(6, 20),
@@ -311,7 +317,7 @@ def _line_colour(cam: Camera, look: Look, seg: Segments, idx: np.ndarray, along:
     kind = seg.kinds[idx]
     colour = seg.colours[idx] * (1 + 0.05 * fine)[:, None]
     # facades: window grid above a ground floor, darker cornice
-    win = seg.windows[idx]
+    win = seg.pattern[idx]
     in_window = ((np.mod(along, win[:, 0]) < win[:, 2] * win[:, 0])
                  & (np.mod(up, win[:, 1]) > (1 - win[:, 3]) * win[:, 1])
                  & (up > 3.0) & (up < seg.heights[idx] - 1.0))
@@ -327,15 +333,20 @@ def _line_colour(cam: Camera, look: Look, seg: Segments, idx: np.ndarray, along:
     # hedges and tree rows: leafy light and dark blotches
     veg = kind == KIND_VEGETATION
     colour[veg] *= (1 + 0.35 * leaf[veg])[:, None]
-    # walls: panel joints and a coping stone; fences: slats with dark gaps and a top rail
+    # walls: masonry courses in a running bond under a coping stone
     wall = kind == KIND_WALL
-    joint = _stripe(along[wall], 2.5, 0.04) * _resolvable(0.1, z[wall], cam.focal, 1)
+    block, course = win[wall, 0] / 3, win[wall, 1] / 8  # 0.5-1.2 m blocks, 0.35-0.45 m courses
+    row = np.floor(up[wall] / course)
+    bed = np.mod(up[wall], course) < 0.05
+    head = np.mod(along[wall] + (row % 2) * block / 2, block) < 0.05
+    joints = (bed | head) * _resolvable(0.1, z[wall], cam.focal, 1)
     top = up[wall] > seg.heights[idx][wall] - 0.15
-    colour[wall] *= (1 - 0.35 * joint + 0.15 * top)[:, None]
+    colour[wall] *= (1 - 0.3 * joints + 0.2 * top)[:, None]
+    # fences: slats with dark gaps between posts and under a top rail
     fence = kind == KIND_FENCE
-    gaps = (1 - _stripe(along[fence], 0.35, 0.6)) * _resolvable(0.35, z[fence], cam.focal, 3)
+    gaps = (1 - _stripe(along[fence], 0.3, 0.55)) * _resolvable(0.3, z[fence], cam.focal, 3)
     rail = (up[fence] > seg.heights[idx][fence] - 0.12) | (np.mod(along[fence], 2.5) < 0.12)
-    colour[fence] *= (1 - 0.5 * gaps * ~rail)[:, None]
+    colour[fence] *= (1 - 0.6 * gaps * ~rail)[:, None]
     return colour
 
 
@@ -426,8 +437,7 @@ class Painter:
         return self
 
     def _pixels(self, pts_m: np.ndarray) -> np.ndarray:
-        px = self.cam.vanish_x + self.cam.focal * (self.x + pts_m[:, 0]) / self.z
-        py = self.cam.horizon + self.cam.focal * (self.cam.cam_y - pts_m[:, 1]) / self.z
+        px, py = self.cam.project(self.x + pts_m[:, 0], self.z, pts_m[:, 1])
         return np.round(np.stack([px, py], 1) * 16).astype(np.int32)  # 4 fractional bits
 
     def _mask(self, polys: List[np.ndarray], ellipses: List[Tuple]) -> Tuple[slice, slice, np.ndarray]:
@@ -578,7 +588,7 @@ def _spaced(rng: np.random.Generator, start: Tuple[float, float], gap: Tuple[flo
     return out
 
 
-def place_objects(rng: np.random.Generator, cam: Camera, street: Street, look: Look
+def place_objects(rng: np.random.Generator, cam: Camera, street: Street
                   ) -> List[Tuple[float, float, Callable[[Painter], None]]]:
     """(x, z, draw) for everything standing on the ground."""
     objects = []
@@ -592,10 +602,12 @@ def place_objects(rng: np.random.Generator, cam: Camera, street: Street, look: L
         if rng.random() < 0.5:
             for z in _spaced(rng, (6, 20), (5, 9), rng.uniform(25, 60)):
                 objects.append((kerb - side * 1.1, z, lambda p, r=rng: draw_car(p, r, True)))
-        # poles with signs or lights at the kerb (close enough to stay several pixels wide)
+        # poles at the kerb, most with a sign (near enough to stay several pixels wide)
         half = rng.uniform(0.15, 0.22)
-        for z in _spaced(rng, (5, 12), (10, 20), min(2 * half * cam.focal / min_px, 28)):
-            objects.append((walk_in + side * 0.45, z, lambda p, r=rng, hw=half: draw_pole(p, r, hw)))
+        x = walk_in + side * 0.45
+        near = max(5.0, cam.first_visible(x))
+        for z in _spaced(rng, (near, near + 8), (10, 20), min(2 * half * cam.focal / min_px, 28)):
+            objects.append((x, z, lambda p, r=rng, hw=half: draw_pole(p, r, hw)))
         # trees on the verge or the lawn, or on a wide sidewalk
         lawn = abs(wall_line - walk_out)
         spots = []
@@ -609,10 +621,11 @@ def place_objects(rng: np.random.Generator, cam: Camera, street: Street, look: L
             colour = _green(rng)
             for z in _spaced(rng, (5, 15), (7, 14), 70):
                 objects.append((float(rng.choice(spots)), z, lambda p, r=rng, c=colour: draw_tree(p, r, c)))
-        # people on the sidewalk
+        # people on the sidewalk, in the picture and near enough to be tall
         for _ in range(int(rng.integers(0, 5))):
-            x = rng.uniform(min(walk_in, walk_out) + 0.3, max(walk_in, walk_out) - 0.3)
-            objects.append((float(x), float(rng.uniform(4, 20)), lambda p, r=rng: draw_person(p, r)))
+            x = float(rng.uniform(min(walk_in, walk_out) + 0.3, max(walk_in, walk_out) - 0.3))
+            near = max(4.0, cam.first_visible(x) * 1.1)
+            objects.append((x, float(rng.uniform(near, near + 12)), lambda p, r=rng: draw_person(p, r)))
     # traffic in the lanes: same direction right of the camera's lane edge, oncoming left of it
     used = []
     for _ in range(int(rng.integers(0, 6))):
@@ -678,7 +691,7 @@ def render(seed: int, split: str, index: int, size: Tuple[int, int] = DEFAULT_SI
     frame = render_background(rng, cam, street, look)
     leaf = np.clip(smooth_noise(rng, size, 2.5) * 0.8 + smooth_noise(rng, size, 7) * 0.5, -1, 1)
     painter = Painter(frame, cam, look, leaf)
-    for x, z, draw in sorted(place_objects(rng, cam, street, look), key=lambda o: -o[1]):
+    for x, z, draw in sorted(place_objects(rng, cam, street), key=lambda o: -o[1]):
         draw(painter.at(x, z))
     _hood_and_border(rng, frame)
     rgb = _camera_effects(rng, frame.rgb)
@@ -730,6 +743,14 @@ def _prepare_dirs(out: str, counts: Sequence[Tuple[str, int]]) -> None:
         raise DDRNetError("{}: not writable".format(out))
 
 
+def parse_size(text: str) -> Tuple[int, int]:
+    """(height, width) from "HEIGHTxWIDTH", e.g. "256x512"."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise DDRNetError("--size {!r}: expected HEIGHTxWIDTH, e.g. 256x512".format(text))
+    return int(match.group(1)), int(match.group(2))
+
+
 def generate(out: str, n_train: int, n_val: int, size: Tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
              workers: int = 1) -> str:
     """Write n_train + n_val frames in the Cityscapes layout under `out`; returns `out`."""
@@ -746,7 +767,8 @@ def generate(out: str, n_train: int, n_val: int, size: Tuple[int, int] = DEFAULT
     if workers > 1:
         import multiprocessing
 
-        with multiprocessing.Pool(workers) as pool:
+        # spawned, not forked: a caller that already runs threads (Paddle, OpenCV) could deadlock a fork
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
             for _ in tqdm(pool.imap_unordered(_write_frame, jobs, chunksize=4), **progress):
                 pass
     else:
