@@ -2,7 +2,7 @@
 
   ddrnet compress --qat --config qat_ddrnet23_slim_synthetic_cpu.yml --weights runs/train/best_model --save-dir runs/qat
   ddrnet compress --prune 0.3 --criterion l1 --config prune_ddrnet23_slim_synthetic_cpu.yml --weights W --save-dir runs/prune
-  ddrnet compress --prune 0.3 --qat --config prune_qat_ddrnet23_slim_synthetic_cpu.yml --weights W --save-dir runs/pq
+  ddrnet compress --prune 0.3 --qat --config prune_ddrnet23_slim_synthetic_cpu.yml --weights W --save-dir runs/pq
   ddrnet compress --ptq --calib-dir data/cityscapes --calib-method hist,kl --config C --weights W --save-dir runs/ptq
   ddrnet compress calib-list --data-root data/cityscapes --num 500 --seed 0 --out calib_data/cityscapes_train_500.txt
   ddrnet compress calib-synth --recipe calib_data/synthetic.yaml --out demo_out/calib
@@ -41,11 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qat-weights", dest="qat_weights", help="PTQ: a QAT checkpoint to compare with")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--device", help="cpu or gpu (default: Paddle's)")
-    sub = p.add_subparsers(dest="action", metavar="ACTION", title="calibration data actions")
+    sub = p.add_subparsers(dest="action", metavar="{calib-list,calib-synth}", title="calibration data actions")
     cl = sub.add_parser("calib-list", help="write a fixed-seed list of Cityscapes train images")
-    cl.add_argument("--data-root", dest="list_root", required=True, help="Cityscapes root")
-    cl.add_argument("--num", type=int, default=500)
-    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--data-root", dest="list_root", metavar="DIR", required=True, help="Cityscapes root")
+    cl.add_argument("--num", type=int, default=500, help="images to list (default 500)")
+    cl.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     cl.add_argument("--out", required=True, help="list file to write, e.g. calib_data/cityscapes_train_500.txt")
     cs = sub.add_parser("calib-synth", help="materialise the synthetic calibration recipe for the demo")
     cs.add_argument("--recipe", default=os.path.join("calib_data", "synthetic.yaml"))

@@ -23,10 +23,10 @@ from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.manifest import sha256_file
 from ddrnet.runtime.metrics import write_json
 from ddrnet.train.checkpoint import STATE, latest_checkpoint, read_state, resolve_weights
-from ddrnet.train.config import _merge as merge_config, load_config
-from ddrnet.train.data import CityscapesDataset, build_transforms
+from ddrnet.train.config import load_config, merge_configs as merge_config
+
 from ddrnet.train.evaluate import evaluate
-from ddrnet.train.trainer import fit
+from ddrnet.train.trainer import build_dataset, fit
 
 BEST = "best_model"
 REPORT = "compress_report.json"
@@ -62,16 +62,6 @@ def finetune_config(cfg: dict, stage: str, iters: Optional[int] = None) -> dict:
     if "iters" not in ft or "batch_size" not in ft:
         raise DDRNetError("config: {} fine-tuning needs iters and batch_size".format(stage))
     return ft
-
-
-def split_dataset(cfg: dict, key: str, data_root: Optional[str]) -> CityscapesDataset:
-    dcfg = cfg.get(key) or {}
-    root = data_root or dcfg.get("dataset_root")
-    if not root:
-        raise DDRNetError("no data: pass --data-root or set {}.dataset_root".format(key))
-    train = key == "train_dataset"
-    return CityscapesDataset(root, dcfg.get("mode", "train" if train else "val"),
-                             build_transforms(dcfg.get("transforms", [{"type": "Normalize"}]), train=train))
 
 
 def load_source(weights: str, cfg: dict):
@@ -120,8 +110,8 @@ def run_qat(cfg: dict, weights: str, save_dir: str, data_root: Optional[str] = N
     model, meta, compression = load_source(weights, cfg)
     if compression.get("qat"):
         raise DDRNetError("{}: already quantization-aware trained".format(weights))
-    val = split_dataset(ft, "val_dataset", data_root)
-    split_dataset(ft, "train_dataset", data_root)
+    val = build_dataset(ft, "val_dataset", data_root)
+    build_dataset(ft, "train_dataset", data_root)
     cached = _resumed_compression(save_dir, resume).get("qat") or {}
     fp32_miou = cached.get("fp32_miou")
     if fp32_miou is None:
@@ -154,8 +144,8 @@ def run_prune(cfg: dict, weights: str, save_dir: str, ratio: Optional[float] = N
     if compression.get("qat"):
         raise DDRNetError("{}: quantization-aware trained weights cannot be pruned; prune the FP32 model "
                           "and quantize after (--prune R --qat)".format(weights))
-    val = split_dataset(ft, "val_dataset", data_root)
-    split_dataset(ft, "train_dataset", data_root)
+    val = build_dataset(ft, "val_dataset", data_root)
+    build_dataset(ft, "train_dataset", data_root)
     macs_hw = tuple(pcfg.get("macs_input_hw", (1024, 2048)))
     trace_shape = [1, 3] + list(pcfg.get("trace_input_hw", (128, 256)))
     cached = _resumed_compression(save_dir, resume).get("prune") or {}

@@ -20,7 +20,8 @@ import paddle
 
 from ddrnet.compress.calib import calibration_images
 from ddrnet.compress.fold_bn import fold_bn
-from ddrnet.compress.pipeline import load_source, source_info, split_dataset
+from ddrnet.compress.pipeline import load_source, source_info
+from ddrnet.train.trainer import build_dataset
 from ddrnet.compress.qat import load_compressed
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.imageio import read_image
@@ -121,7 +122,7 @@ def run_ptq(cfg: dict, weights: str, save_dir: str, calib_source: Optional[str],
     model, meta, compression = load_source(weights, cfg)
     if compression.get("qat"):
         raise DDRNetError("{}: already quantization-aware trained; PTQ takes FP32 (or pruned) weights".format(weights))
-    val = split_dataset(cfg, "val_dataset", data_root)
+    val = build_dataset(cfg, "val_dataset", data_root)
     qat_model = load_compressed(qat_weights, model_name=meta["name"])[0] if qat_weights else None
     transforms = build_transforms((cfg.get("val_dataset") or {}).get("transforms"), train=False)
 

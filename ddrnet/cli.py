@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from typing import List, Optional
@@ -57,6 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Paddle, PaddleSlim and setuptools warn about their own internals on every run; a user sees
     # one-line errors and progress bars, not those (PYTHONWARNINGS still turns them back on).
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO lines, set before paddle loads
     if not sys.warnoptions:
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)

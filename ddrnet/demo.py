@@ -1,6 +1,7 @@
 """The whole pipeline on a laptop in about ten minutes, no download needed:
 synthetic Cityscapes-format data -> train DDRNet-23-slim on CPU -> evaluate -> predict a few images
--> export FP32 to Paddle Inference and ONNX -> benchmark every format -> one summary table.
+-> quantization-aware training (INT8) -> export FP32 and INT8 to Paddle Inference and ONNX
+-> benchmark every format (mIoU on the val split, latency, FPS) -> one summary table.
 
   ddrnet demo --workdir demo_out
 """
@@ -17,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-images", type=int, default=30)
     p.add_argument("--size", default="256x512", help="synthetic image size HxW")
     p.add_argument("--iters", type=int, help="training iterations (default: the demo config's)")
+    p.add_argument("--qat-iters", type=int, help="QAT fine-tuning iterations (default: the QAT config's)")
+    p.add_argument("--bench-iters", type=int, default=20, help="timed iterations per format")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
 
@@ -30,10 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     data = os.path.join(args.workdir, "data")
-    _step("1/5 synthetic Cityscapes-format data")
+    _step("1/7 synthetic Cityscapes-format data")
     generate(data, args.train_images, args.val_images, size=parse_size(args.size), seed=0)
 
-    _step("2/5 train ddrnet23_slim on CPU")
+    _step("2/7 train ddrnet23_slim on CPU")
     from ddrnet.train.config import load_config
     from ddrnet.train.trainer import train
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     summary = train(cfg, save_dir, data_root=data, device="cpu")
     best = os.path.join(save_dir, "best_model")
 
-    _step("3/5 evaluate the best checkpoint on the val split")
+    _step("3/7 evaluate the best checkpoint on the val split")
     from ddrnet.runtime.metrics import format_table
     from ddrnet.train.checkpoint import load_model
     from ddrnet.train.data import CityscapesDataset, build_transforms
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(model, CityscapesDataset(data, "val", build_transforms([{"type": "Normalize"}], train=False)))
     print(format_table(result))
 
-    _step("4/5 predict a few val images")
+    _step("4/7 predict a few val images")
     from ddrnet.cmd_predict import list_images
     from ddrnet.runtime.imageio import read_image, write_image
     from ddrnet.train.predict import checkpoint_predictor
@@ -67,9 +70,35 @@ def run(args: argparse.Namespace) -> int:
         write_image(os.path.join(pred_dir, os.path.basename(path)), predictor.overlay(bgr, predictor(bgr)))
     print("overlays -> {}".format(pred_dir))
 
-    _step("5/5 summary")
+    _step("5/7 quantization-aware training (PaddleSlim, BN folded, INT8)")
+    from ddrnet.compress.pipeline import load_compress_config, run_qat
+
+    qat_dir = os.path.join(args.workdir, "qat")
+    qat = run_qat(load_compress_config("qat_ddrnet23_slim_synthetic_cpu.yml"), best, qat_dir, data_root=data,
+                  iters=args.qat_iters)
+
+    _step("6/7 export FP32 and INT8 to Paddle Inference and ONNX")
+    from ddrnet.export.exporter import export_model
+
+    h, w = parse_size(args.size)
+    exports = os.path.join(args.workdir, "export")
+    shape = (1, 3, h, w)
+    export_model(best, os.path.join(exports, "fp32"), input_shape=shape)
+    export_model(os.path.join(qat_dir, "best_model"), os.path.join(exports, "int8"), input_shape=shape,
+                 int8=True, calib_dir=data)  # calibrates on the train split
+
+    _step("7/7 benchmark every exported format on the val split")
+    from ddrnet.runtime.bench import bench_all, format_all_table, plot_all
+
+    rows = bench_all(exports, threads=args.threads, data_root=data, iters=args.bench_iters)
+    plot_all(rows, os.path.join(args.workdir, "bench.png"))
+
+    print("\n== summary ==")
     print("train: {:.1f} images/s, loader wait {:.0%}".format(summary["images_per_s"],
                                                               summary["loader_wait_fraction"]))
-    print("ddrnet23_slim FP32 (Paddle, checkpoint): val mIoU {:.4f}".format(result["miou"]))
-    print("demo finished in {:.1f} min".format((time.perf_counter() - start) / 60))
+    print("val mIoU: FP32 (Paddle checkpoint) {:.4f} | QAT INT8 (fake-quant, Paddle) {:.4f} | {:+.2f} points".format(
+        result["miou"], qat["miou"], 100 * (qat["miou"] - result["miou"])))
+    print(format_all_table(rows))
+    print("demo finished in {:.1f} min; everything is under {}".format((time.perf_counter() - start) / 60,
+                                                                       args.workdir))
     return 0

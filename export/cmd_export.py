@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import warnings
 from typing import Tuple
 
 
@@ -58,9 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO lines, before paddle is imported
-    # paddleslim's import-time deprecation notices would break the one-line error contract
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils", category=UserWarning)
     from ddrnet.export.exporter import export_model
     from ddrnet.runtime.errors import DDRNetError
 

@@ -23,11 +23,11 @@ def resolve_config_path(path: str) -> str:
         path, ", ".join(sorted(os.listdir(CONFIG_DIR)))))
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_configs(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_configs(out[key], value)
         else:
             out[key] = value
     return out
@@ -44,7 +44,7 @@ def load_config(path: str, opts: Optional[Iterable[str]] = None) -> dict:
         raise DDRNetError("{}: a config must be a mapping".format(path))
     base = cfg.pop("_base_", None)
     if base:
-        cfg = _merge(load_config(os.path.join(os.path.dirname(path), base)), cfg)
+        cfg = merge_configs(load_config(os.path.join(os.path.dirname(path), base)), cfg)
     for opt in opts or ():
         apply_opt(cfg, opt)
     return cfg

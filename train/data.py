@@ -59,7 +59,8 @@ class RandomPaddingCrop:
     random = True
 
     def __init__(self, crop_size: Sequence[int] = (512, 512),
-                 im_padding_value: Sequence[float] = (127.5, 127.5, 127.5), label_padding_value: int = 255):
+                 im_padding_value: Sequence[float] = (127.5, 127.5, 127.5),
+                 label_padding_value: int = IGNORE_INDEX):
         if not isinstance(crop_size, (list, tuple)) or len(crop_size) != 2:
             raise DDRNetError("RandomPaddingCrop: crop_size must be [width, height], got {!r}".format(crop_size))
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))

@@ -2,9 +2,10 @@
 
 Each frame is a street seen from a car: a pinhole camera above a ground plane, facades, walls,
 fences and hedges on vertical planes along both kerbs (ray-cast per pixel, so perspective and
-occlusion are exact), then cars, a bus, people, trees, poles, signs and traffic lights drawn as
-flat cut-outs at their ground position, far to near. Labels are rasterised from the same
-polygons as the pixels, so they are crisp and exact.
+occlusion are exact), then cars, people, trees, poles and signs drawn as flat cut-outs at their
+ground position, far to near. Labels are rasterised from the same polygons as the pixels, so
+they are crisp and exact. The ego car's bonnet (and sometimes a rectification border) gives
+ignore-mapped pixels.
 
 Colour alone does not give the class: cars, facades, walls, clothes and the ego hood draw their
 paint from one shared palette, road and sidewalk are overlapping greys, terrain and vegetation
@@ -757,7 +758,7 @@ def generate(out: str, n_train: int, n_val: int, size: Tuple[int, int] = DEFAULT
     from tqdm import tqdm
 
     if n_train < 0 or n_val < 0 or n_train + n_val == 0:
-        raise DDRNetError("need at least one frame (train={}, val={})".format(n_train, n_val))
+        raise DDRNetError("train={} val={}: counts must be >= 0, with at least one frame".format(n_train, n_val))
     if min(size) < 32:
         raise DDRNetError("size {}x{}: at least 32x32".format(*size))
     counts = (("train", n_train), ("val", n_val))

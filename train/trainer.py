@@ -58,11 +58,17 @@ def build_optimizer(cfg: dict, model: paddle.nn.Layer, iters: int):
     if warmup > 0:
         scheduler = paddle.optimizer.lr.LinearWarmup(scheduler, warmup, float(sched_cfg.get("warmup_start_lr", 0.0)), lr)
     opt_cfg = cfg.get("optimizer", {})
-    if opt_cfg.get("type", "SGD") != "SGD":
-        raise DDRNetError("optimizer.type {!r}: only SGD (with momentum) is supported".format(opt_cfg["type"]))
-    optimizer = paddle.optimizer.Momentum(
-        learning_rate=scheduler, momentum=float(opt_cfg.get("momentum", 0.9)), parameters=model.parameters(),
-        weight_decay=paddle.regularizer.L2Decay(float(opt_cfg.get("weight_decay", 5e-4))))
+    kind = opt_cfg.get("type", "SGD")
+    decay = float(opt_cfg.get("weight_decay", 5e-4))
+    if kind == "SGD":  # PaddleSeg's SGD type is momentum SGD with L2 decay
+        optimizer = paddle.optimizer.Momentum(
+            learning_rate=scheduler, momentum=float(opt_cfg.get("momentum", 0.9)), parameters=model.parameters(),
+            weight_decay=paddle.regularizer.L2Decay(decay))
+    elif kind == "AdamW":
+        optimizer = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=model.parameters(), weight_decay=decay,
+                                           beta1=float(opt_cfg.get("beta1", 0.9)), beta2=float(opt_cfg.get("beta2", 0.999)))
+    else:
+        raise DDRNetError("optimizer.type {!r}: choose SGD (momentum) or AdamW".format(kind))
     return optimizer, scheduler
 
 
@@ -80,9 +86,12 @@ def _check_writable(save_dir: str, need_mb: float) -> None:
             save_dir, free_mb, need_mb))
 
 
-def _dataset(cfg: dict, key: str, data_root: Optional[str]) -> CityscapesDataset:
+def build_dataset(cfg: dict, key: str, data_root: Optional[str]) -> CityscapesDataset:
+    """The config's train_dataset / val_dataset, rooted at `data_root` when given."""
     dcfg = cfg.get(key) or {}
     root = data_root or dcfg.get("dataset_root")
+    if not root:
+        raise DDRNetError("no data: pass --data-root or set {}.dataset_root".format(key))
     train = key == "train_dataset"
     return CityscapesDataset(root, dcfg.get("mode", "train" if train else "val"),
                              build_transforms(dcfg.get("transforms", [{"type": "Normalize"}]), train=train))
@@ -136,8 +145,8 @@ def fit(model: paddle.nn.Layer, meta: dict, cfg: dict, save_dir: str, resume: bo
     if start >= iters:
         return {"iteration": start, "best": best}
 
-    train_set = _dataset(cfg, "train_dataset", data_root)
-    val_set = _dataset(cfg, "val_dataset", data_root) if do_eval else None
+    train_set = build_dataset(cfg, "train_dataset", data_root)
+    val_set = build_dataset(cfg, "val_dataset", data_root) if do_eval else None
     sampler = ResumableBatchSampler(len(train_set), batch_size, seed, start, iters)
     loader = paddle.io.DataLoader(train_set, batch_sampler=sampler, num_workers=int(cfg.get("num_workers", 0)),
                                   worker_init_fn=worker_init, use_shared_memory=False)
