@@ -24,7 +24,6 @@ from ddrnet.runtime.manifest import sha256_file
 from ddrnet.runtime.metrics import write_json
 from ddrnet.train.checkpoint import STATE, latest_checkpoint, read_state, resolve_weights
 from ddrnet.train.config import load_config, merge_configs as merge_config
-
 from ddrnet.train.evaluate import evaluate
 from ddrnet.train.trainer import build_dataset, fit
 

@@ -9,14 +9,24 @@ import numpy as np
 from ddrnet.runtime.errors import DDRNetError
 
 
+def _is_truncated_jpeg(data: bytes) -> bool:
+    """libjpeg decodes a cut-off JPEG with a warning only, grey-filling the missing rows, so OpenCV
+    returns an image; the end-of-image marker must follow the last start-of-scan (an EXIF
+    thumbnail's own end marker comes before it)."""
+    return data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
 def _read_raw(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise DDRNetError("{}: no such file".format(path))
     if os.path.getsize(path) == 0:
         raise DDRNetError("{}: empty file".format(path))
     # imdecode from bytes: cv2.imread cannot read non-ASCII paths on some platforms
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    with open(path, "rb") as f:
+        data = f.read()
+    if _is_truncated_jpeg(data):
+        raise DDRNetError("{}: truncated JPEG (no end-of-image marker)".format(path))
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DDRNetError("{}: not a readable image (corrupt or truncated?)".format(path))
     if img.size == 0:

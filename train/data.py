@@ -7,6 +7,7 @@ of loader workers or GPUs, and every epoch sees new augmentations.
 """
 from __future__ import annotations
 
+import threading
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
@@ -261,3 +262,38 @@ def build_loader(dataset: paddle.io.Dataset, batch_size: int, shuffle: bool, num
                  drop_last: bool = False, seed: int = 0) -> paddle.io.DataLoader:
     sampler = SeededBatchSampler(dataset, batch_size, shuffle, drop_last, seed)
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, return_list=True)
+
+
+def batches(loader: paddle.io.DataLoader) -> Iterator:
+    """Iterate a DataLoader so that a sample that cannot be loaded (bad label ids, corrupt image) stops
+    the run with its own one-line DDRNetError. Paddle raises it in its reader thread, whose default hook
+    prints a traceback, and the loop itself only sees "SystemError: Blocking queue is killed"."""
+    caught = []  # type: List[BaseException]
+    previous = threading.excepthook
+
+    def keep(hook_args) -> None:
+        if isinstance(hook_args.exc_value, DDRNetError):
+            caught.append(hook_args.exc_value)
+        else:
+            previous(hook_args)
+
+    iterator = iter(loader)
+    threading.excepthook = keep
+    try:
+        yield from iterator
+    except SystemError:
+        reader = getattr(iterator, "_thread", None)  # its hook has run once the thread has ended
+        if reader is not None:
+            reader.join(timeout=10)
+        if not caught:
+            raise
+        raise DDRNetError(_dataset_message(caught[0])) from None
+    finally:
+        threading.excepthook = previous
+
+
+def _dataset_message(err: BaseException) -> str:
+    """The dataset's own message; loader workers wrap it as "DataLoader worker(i) caught ...: <traceback>"."""
+    last = str(err).strip().splitlines()[-1]
+    prefix = "{}.{}: ".format(type(err).__module__, type(err).__name__)
+    return last[len(prefix):] if last.startswith(prefix) else last

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.train.checkpoint import (OPT, PARAMS, latest_checkpoint, load_weights_lenient, model_meta,
                                      resolve_weights, save_checkpoint, weights_meta)
-from ddrnet.train.data import CityscapesDataset, build_transforms, _worker_init as worker_init
+from ddrnet.train.data import CityscapesDataset, batches, build_transforms, _worker_init as worker_init
 from ddrnet.train.evaluate import evaluate
 from ddrnet.train.losses import build_loss
 from ddrnet.train.model import build_model
@@ -165,7 +165,7 @@ def fit(model: paddle.nn.Layer, meta: dict, cfg: dict, save_dir: str, resume: bo
     images = 0
     bar = tqdm(total=iters, initial=start, desc="train", disable=rank != 0, dynamic_ncols=True)
     t_wait = time.perf_counter()
-    for it, (image, label) in enumerate(loader, start=start + 1):
+    for it, (image, label) in enumerate(batches(loader), start=start + 1):
         t_start = time.perf_counter()
         wait_s += t_start - t_wait
         with paddle.amp.auto_cast(enable=use_amp, level="O1"):

@@ -1,0 +1,310 @@
+"""Markdown tables and PNG plots from the suite's results (nothing here measures; every number printed
+comes from the results dict, and a figure that was not measured is shown as "n/a" with the reason)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+from timing import only
+
+NA_UNTRAINED = "n/a (untrained)"
+
+
+def write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def host_line(results: dict) -> str:
+    host = results["host"]
+    isa = " ".join(host["isa"]) or "no ISA flags"
+    return "{} ({} cores; {}), {}, Python {}".format(host["cpu"], host["cores"], isa, host["os"], host["python"])
+
+
+def _peak_gmacs(results: dict, precision: str, threads: int) -> Optional[float]:
+    table = results["peak"]["int8_gmacs" if precision == "int8" else "fp32_gmacs"]
+    return table.get(str(threads))
+
+
+def achieved_gmacs(row: dict) -> float:
+    return row["macs"] / (row["latency_ms"]["p50"] / 1e3) / 1e9
+
+
+def efficiency(results: dict, row: dict) -> Optional[float]:
+    """Achieved MAC/s over the host's measured peak for the row's precision and thread count."""
+    peak = _peak_gmacs(results, row["precision"], row["threads"])
+    return achieved_gmacs(row) / peak if peak else None
+
+
+def groups(rows: Sequence[dict]) -> List[tuple]:
+    """(model, hw, threads) in measured order."""
+    seen = []  # type: List[tuple]
+    for row in rows:
+        key = (row["model"], tuple(row["hw"]), row["threads"])
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def _p50(rows: Sequence[dict], key: tuple, fmt: str) -> Optional[float]:
+    row = only(rows, model=key[0], hw=list(key[1]), threads=key[2], format=fmt)
+    return row["latency_ms"]["p50"] if row else None
+
+
+def ratios(rows: Sequence[dict], key: tuple) -> Dict[str, Optional[float]]:
+    """Speed ratios within one interleaved group (>1: the first named is faster)."""
+    def ratio(slow: str, fast: str) -> Optional[float]:
+        a, b = _p50(rows, key, slow), _p50(rows, key, fast)
+        return a / b if a and b else None
+
+    return {"int8_ours_vs_onnx_fp32": ratio("onnx_fp32", "onnx_int8_ours"),
+            "int8_ours_vs_quantize_static": ratio("onnx_int8_quantize_static", "onnx_int8_ours"),
+            "quantize_static_vs_onnx_fp32": ratio("onnx_fp32", "onnx_int8_quantize_static"),
+            "onnx_fp32_vs_paddle_fp32": ratio("paddle_fp32", "onnx_fp32"),
+            "predictor_overhead": (lambda a, b: a / b if a and b else None)(
+                _p50(rows, key, "predictor_fp32"), _p50(rows, key, "onnx_fp32")),
+            "pruned30_vs_onnx_fp32": ratio("onnx_fp32", "onnx_fp32_pruned30"),
+            "paddle_int8_qat_vs_paddle_fp32": ratio("paddle_fp32", "paddle_int8_qat")}
+
+
+def _fmt(value: Optional[float], spec: str = "{:.2f}", missing: str = "-") -> str:
+    return missing if value is None else spec.format(value)
+
+
+def _miou(results: dict, row: dict) -> str:
+    key = "{}@{}x{}".format(row["model"], *row["hw"])
+    found = results.get("miou", {}).get(key)
+    if not found:
+        return NA_UNTRAINED
+    value = found.get(row["format"] if row["format"] != "predictor_fp32" else "onnx_fp32")
+    return _fmt(value, "{:.4f}", "not evaluated")
+
+
+def latency_table(results: dict) -> str:
+    rows = results["latency"]
+    lines = ["| Model | Input | Threads | Format | Prec. | p50 ms | p99 ms | FPS (1000/p50) | GMAC/s | % of peak | "
+             "vs ONNX FP32 | mIoU | rounds |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for key in groups(rows):
+        base = _p50(rows, key, "onnx_fp32")
+        for row in [r for r in rows if (r["model"], tuple(r["hw"]), r["threads"]) == key]:
+            eff = efficiency(results, row)
+            lines.append("| {} | {}x{} | {} | {} | {} | {:.1f} | {:.1f} | {:.2f} | {:.1f} | {} | {} | {} | {} |".format(
+                row["model"], row["hw"][0], row["hw"][1], row["threads"], row["format_label"], row["precision"],
+                row["latency_ms"]["p50"], row["latency_ms"]["p99"], row["fps"], achieved_gmacs(row),
+                _fmt(None if eff is None else 100 * eff, "{:.0f} %"),
+                _fmt(base / row["latency_ms"]["p50"] if base else None, "{:.2f}x"), _miou(results, row),
+                row["iterations"]))
+    return "\n".join(lines)
+
+
+def ratio_table(results: dict) -> str:
+    rows = results["latency"]
+    lines = ["| Model | Input | Threads | INT8 ours / ONNX FP32 | ours vs quantize_static | quantize_static / FP32 | "
+             "ONNX FP32 vs Paddle FP32 | Predictor / raw run | pruned 30 % / FP32 | Paddle INT8 / FP32 |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in groups(rows):
+        r = ratios(rows, key)
+        lines.append("| {} | {}x{} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            key[0], key[1][0], key[1][1], key[2], *[_fmt(r[k], "{:.2f}x") for k in (
+                "int8_ours_vs_onnx_fp32", "int8_ours_vs_quantize_static", "quantize_static_vs_onnx_fp32",
+                "onnx_fp32_vs_paddle_fp32", "predictor_overhead", "pruned30_vs_onnx_fp32",
+                "paddle_int8_qat_vs_paddle_fp32")]))
+    return "\n".join(lines)
+
+
+def peak_table(results: dict) -> str:
+    p = results["peak"]
+    lines = ["| Kernel | Threads | GMAC/s | GFLOP(OP)/s |", "|---|---:|---:|---:|",
+             "| numpy sgemm {n}x{n}x{n} (BLAS, all cores) | - | {:.1f} | {:.1f} |".format(
+                 p["numpy_sgemm_gmacs"], 2 * p["numpy_sgemm_gmacs"], n=p["n"])]
+    for name, table in (("onnxruntime MatMul FP32", p["fp32_gmacs"]), ("onnxruntime MatMulInteger u8 x s8",
+                                                                       p["int8_gmacs"])):
+        for threads, gmacs in table.items():
+            lines.append("| {} {n}x{n}x{n} | {} | {:.1f} | {:.1f} |".format(name, threads, gmacs, 2 * gmacs, n=p["n"]))
+    return "\n".join(lines)
+
+
+def graph_table(results: dict) -> str:
+    """Float vs integer kernels left in onnxruntime's optimized graph of each INT8 model."""
+    lines = ["| Model@input | INT8 model | float Conv | QLinearConv | DequantizeLinear / QuantizeLinear left |",
+             "|---|---|---:|---:|---|"]
+    for key, entry in results.get("quantization", {}).items():
+        for name in ("ours", "quantize_static"):
+            graph = (entry.get(name) or {}).get("optimized_graph")
+            if not graph:
+                continue
+            h = graph["op_histogram"]
+            lines.append("| {} | {} | {} | {} | {} DQ, {} Q |".format(
+                key, name, graph["float_convs"], h.get("QLinearConv", 0), h.get("DequantizeLinear", 0),
+                h.get("QuantizeLinear", 0)))
+    return "\n".join(lines)
+
+
+def bf16_table(results: dict) -> str:
+    lines = ["| Model | Input | Threads | FP32 p50 ms | BF16 p50 ms | BF16 speed-up | argmax agreement | weights |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for key, entry in results.get("bf16", {}).items():
+        if "skipped" in entry:
+            lines.append("| {} | skipped: {} |||||||".format(key, entry["skipped"]))
+            continue
+        fp32 = only(entry["rows"], precision="fp32")
+        bf16 = only(entry["rows"], precision="bf16")
+        lines.append("| {} | {}x{} | {} | {:.1f} | {:.1f} | {:.2f}x | {:.2%} | {} |".format(
+            fp32["model"], fp32["hw"][0], fp32["hw"][1], fp32["threads"], fp32["latency_ms"]["p50"],
+            bf16["latency_ms"]["p50"], fp32["latency_ms"]["p50"] / bf16["latency_ms"]["p50"],
+            entry["argmax_agreement_bf16_vs_fp32"], entry["weights"]))
+    return "\n".join(lines)
+
+
+def training_table(results: dict) -> str:
+    t = results["training"]
+    lines = ["Model {}, batch {}, crop {}x{}, {} (images/s from the difference of a {}- and a {}-iteration run; "
+             "data loader workers {}; data {}).".format(t["model"], t["batch"], t["crop"], t["crop"], t["optimizer"],
+                                                        t["iters"][0], t["iters"][1], t["num_workers"],
+                                                        t["data_root"]), "",
+             "| Trainer | images/s | loader wait | note |", "|---|---:|---:|---|"]
+    for row in t["rows"]:
+        if "error" in row:
+            lines.append("| {} | - | - | could not run: {} |".format(row["trainer"], row["error"]))
+            continue
+        lines.append("| {} | {:.3f} | {} | |".format(row["trainer"], row["images_per_s"], _fmt(
+            row.get("loader_wait_fraction"), "{:.1%}", "not reported")))
+    return "\n".join(lines)
+
+
+def summary(results: dict) -> str:
+    """The key ratios, one line per timed group, for the terminal."""
+    lines = ["host: " + host_line(results)]
+    for key in groups(results["latency"]):
+        r = ratios(results["latency"], key)
+        lines.append("{} {}x{} t{}: INT8 ours/FP32 {}  ours vs quantize_static {}  Predictor/raw {}  "
+                     "ONNX vs Paddle FP32 {}".format(key[0], key[1][0], key[1][1], key[2], *[
+                         _fmt(r[k], "{:.2f}x") for k in ("int8_ours_vs_onnx_fp32", "int8_ours_vs_quantize_static",
+                                                         "predictor_overhead", "onnx_fp32_vs_paddle_fp32")]))
+    return "\n".join(lines)
+
+
+def markdown(results: dict, plots: Sequence[str]) -> str:
+    untrained = not results.get("miou")
+    parts = [
+        "# Benchmark results ({} mode)".format(results["mode"]), "",
+        "Generated by `{}` from {} to {} (UTC). Every figure below was measured in that one run.".format(
+            results["command"], results["started"], results["finished"]), "",
+    ]
+    if results.get("interrupted"):
+        parts += ["**This run stopped early ({}); only the groups below were measured.**".format(
+            results["interrupted"]), ""]
+    parts += [
+        "- Host: " + host_line(results),
+        "- Versions: " + ", ".join("{} {}".format(k, v) for k, v in sorted(results["versions"].items())),
+        "- Weights: " + ("random initialisation (speed does not depend on the weights; mIoU is {})".format(
+            NA_UNTRAINED) if untrained else "trained: {}; data: {}".format(results["trained_weights"],
+                                                                            results["data_root"])),
+        "- QAT checkpoint: " + (", ".join(results["qat_weights"].values()) if results["qat_weights"]
+                                else "none given, so no Paddle INT8 (oneDNN) rows"),
+        "- Method: within each (model, input, threads) group every format runs once per round, round-robin, "
+        "after 2 warm-up rounds; latency is wall time of one `run` on a prepared tensor (the Predictor row: "
+        "BGR frame in, mask out); p50/p99 over the rounds; FPS = 1000 / p50. MACs counted on the network "
+        "(`count_macs`); % of peak = achieved MAC/s over the same-thread onnxruntime MatMul (FP32) or "
+        "MatMulInteger (INT8) peak below.", "",
+        "## Host peak (same run)", "", peak_table(results), "",
+        "## Key ratios (p50, same interleaved loop; >1 means the first named is faster)", "", ratio_table(results), "",
+        "## Latency, FPS and efficiency", "", latency_table(results), "",
+    ]
+    parts += ["## What onnxruntime runs for each INT8 model (optimized graph)", "", graph_table(results), ""]
+    if results.get("notes"):
+        parts += ["Notes: " + "; ".join("{}: {}".format(k, v) for k, v in results["notes"].items()), ""]
+    parts += ["## BF16 through oneDNN (Paddle Inference `enable_mkldnn_bfloat16`)", "", bf16_table(results), ""]
+    if "training" in results:
+        parts += ["## Training throughput (CPU)", "", training_table(results), ""]
+    parts += ["## Plots", ""] + ["![{0}]({0})".format(os.path.basename(p)) for p in plots]
+    return "\n".join(parts) + "\n"
+
+
+def plot_latency(results: dict, path: str) -> None:
+    """FPS per format, one panel per (input, threads), models side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = results["latency"]
+    panels = sorted({(tuple(r["hw"]), r["threads"]) for r in rows})
+    formats = [f for f in dict.fromkeys(r["format"] for r in rows)]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(10, 2.2 * len(models) + 6), 3.6 * len(panels)),
+                             squeeze=False)
+    width = 0.8 / len(formats)
+    for ax, (hw, threads) in zip(axes[:, 0], panels):
+        for i, fmt in enumerate(formats):
+            fps = []
+            for model in models:
+                row = only(rows, model=model, hw=list(hw), threads=threads, format=fmt)
+                fps.append(row["fps"] if row else 0.0)
+            label = next(r["format_label"] for r in rows if r["format"] == fmt)
+            ax.bar(np.arange(len(models)) + i * width, fps, width, label=label)
+        ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2)
+        ax.set_xticklabels(models)
+        ax.set_ylabel("FPS (1000 / p50)")
+        ax.set_title("{}x{}, {} thread(s)".format(hw[0], hw[1], threads), fontsize=9)
+    axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(host_line(results)[:110], fontsize=8)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def plot_efficiency(results: dict, path: str) -> None:
+    """Achieved MAC/s as a fraction of the measured peak, per format, at the most threads and largest input."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["latency"]
+    threads = max(r["threads"] for r in rows)
+    hw = max((tuple(r["hw"]) for r in rows), key=lambda s: s[0] * s[1])
+    chosen = [r for r in rows if r["threads"] == threads and tuple(r["hw"]) == hw and r["format"] != "predictor_fp32"]
+    labels = ["{}\n{}".format(r["model"], r["format_label"].replace(" (", "\n(")) for r in chosen]
+    values = [100 * (efficiency(results, r) or 0.0) for r in chosen]
+    colours = ["#cc6677" if r["precision"] == "int8" else "#4477aa" for r in chosen]
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(chosen)), 4.5))
+    ax.bar(range(len(chosen)), values, color=colours)
+    ax.set_xticks(range(len(chosen)))
+    ax.set_xticklabels(labels, fontsize=6)
+    ax.set_ylabel("% of measured GEMM peak (blue FP32, red INT8)")
+    ax.set_title("{}x{}, {} threads - {}".format(hw[0], hw[1], threads, host_line(results)[:80]), fontsize=8)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _save_fig(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path + ".tmp"
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write(results: dict, out: str) -> List[str]:
+    """README.md and the plots into `out`; returns the files written."""
+    plots = []  # type: List[str]
+    if results.get("latency"):
+        for name, draw in (("latency.png", plot_latency), ("efficiency.png", plot_efficiency)):
+            draw(results, os.path.join(out, name))
+            plots.append(os.path.join(out, name))
+    readme = os.path.join(out, "README.md")
+    _write_text(readme, markdown(results, plots))
+    return [readme] + plots

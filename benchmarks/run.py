@@ -1,0 +1,314 @@
+"""The benchmark suite (`make bench`, `make bench-quick`): latency / FPS / efficiency per model, format,
+resolution and thread count, the host's peak measured in the same run, BF16 through oneDNN, and
+training throughput against PaddleSeg's own trainer. Writes JSON, a Markdown report and PNG plots.
+
+    python benchmarks/run.py            # full: 3 models x 2 resolutions x 1/2 threads (~30 min, 2 cores)
+    python benchmarks/run.py --quick    # smoke: ddrnet23_slim, 256x512, 2 threads (~3 min)
+
+Without trained weights every network is randomly initialised: speed does not depend on the
+weights, and the mIoU column then says so rather than showing a number. `--weights` (a trained
+checkpoint, default demo_out/train/best_model when present) adds mIoU on its data set;
+`--qat-weights` (default demo_out/qat/best_model) adds the Paddle INT8 (oneDNN) and QAT INT8 ONNX rows.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # run as a script: the sibling modules import by name
+    sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+
+import peak  # noqa: E402
+import report  # noqa: E402
+import timing  # noqa: E402
+import training  # noqa: E402
+import variants  # noqa: E402
+
+ROOT = os.path.dirname(HERE)
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+class Plan:
+    """What one mode measures and how long each timed group may take."""
+
+    def __init__(self, quick: bool):
+        self.quick = quick
+        if quick:
+            self.models = ["ddrnet23_slim"]
+            self.sizes = [(256, 512)]
+            self.threads = [2]
+            self.calib_num = 4
+            self.peak_n, self.peak_reps = 1024, 5
+            self.bf16_models = ["ddrnet23_slim"]
+            self.train = dict(batch=2, crop=256, short=1, long=3, n_train=4, image_hw=(256, 512))
+            self.max_images = 4
+        else:
+            self.models = ["ddrnet23_slim", "ddrnet23", "ddrnet39"]
+            self.sizes = [(512, 1024), (1024, 2048)]
+            self.threads = [1, 2]
+            self.calib_num = 8
+            self.peak_n, self.peak_reps = 2048, 10
+            self.bf16_models = ["ddrnet23_slim", "ddrnet23"]
+            self.train = dict(batch=2, crop=512, short=3, long=13, n_train=8, image_hw=(512, 1024))
+            self.max_images = 20
+
+    def budget(self, model: str, hw: Tuple[int, int]) -> Tuple[float, int, int]:
+        """(seconds, min rounds, max rounds) for one timed group: the big models at full size get few
+        rounds (each round runs every format once, seconds each on 2 cores); the minimum is a floor."""
+        if self.quick:
+            return 20.0, 5, 40
+        big = hw[0] * hw[1] >= 1024 * 2048
+        seconds = {"ddrnet23_slim": 45.0, "ddrnet23": 55.0, "ddrnet39": 60.0}[model] * (1.5 if big else 1.0)
+        return seconds, (3 if big and model == "ddrnet39" else 5), 200
+
+    def calib_for(self, model: str, hw: Tuple[int, int]) -> int:
+        # the ONNX calibrators hold activations of whole frames: fewer at full size for the big nets
+        big = hw[0] * hw[1] >= 1024 * 2048
+        return 4 if big and model != "ddrnet23_slim" else self.calib_num
+
+
+def _default(path: str) -> Optional[str]:
+    full = os.path.join(ROOT, path)
+    return full if os.path.isdir(full) else None
+
+
+def _model_of(weights: str) -> str:
+    from ddrnet.train.checkpoint import resolve_weights, weights_meta
+
+    meta = weights_meta(resolve_weights(weights)) or {}
+    return meta.get("name", "?")
+
+
+class Artifacts:
+    """Every model file of one architecture at one input size."""
+
+    def __init__(self, model: str, hw: Tuple[int, int], folder: str):
+        self.model, self.hw, self.folder = model, hw, folder
+        self.fp32_dir = os.path.join(folder, "fp32")
+        self.ours = os.path.join(folder, "int8_ours.onnx")
+        self.plain = os.path.join(folder, "int8_quantize_static.onnx")
+        self.pruned_dir = os.path.join(folder, "pruned_fp32")
+        self.qat_dir = os.path.join(folder, "qat_int8")  # only with a QAT checkpoint
+        self.notes = {}  # type: Dict[str, str]
+        self.quantization = {}  # type: Dict[str, dict]
+
+
+def build_artifacts(model: str, hw: Tuple[int, int], weights: str, pruned: str, qat: Optional[str],
+                    data_root: Optional[str], calib_num: int, folder: str) -> Artifacts:
+    art = Artifacts(model, hw, folder)
+    variants.export_fp32(weights, art.fp32_dir, hw)
+    frames = variants.calibration_frames(calib_num, hw, data_root)
+    art.quantization["ours"] = variants.quantize_ours(art.fp32_dir, frames, art.ours)
+    art.quantization["quantize_static"] = variants.quantize_plain(art.fp32_dir, frames, art.plain, folder)
+    for name, path in (("ours", art.ours), ("quantize_static", art.plain)):
+        art.quantization[name]["optimized_graph"] = variants.optimized_graph(path)
+    variants.export_fp32(pruned, art.pruned_dir, hw, formats=("onnx",))
+    if qat:
+        try:
+            variants.export_qat_int8(qat, art.qat_dir, hw, data_root, calib_num)
+        except Exception as err:  # noqa: BLE001  reported in the table instead of a figure
+            art.notes["qat"] = "{}: {}".format(type(err).__name__, str(err).strip().splitlines()[0])
+    return art
+
+
+FORMATS = (  # key, label, precision
+    ("paddle_fp32", "Paddle Inference (oneDNN)", "fp32"),
+    ("onnx_fp32", "ONNX (onnxruntime)", "fp32"),
+    ("predictor_fp32", "ONNX via runtime Predictor (end to end)", "fp32"),
+    ("onnx_int8_ours", "ONNX INT8 (ours)", "int8"),
+    ("onnx_int8_quantize_static", "ONNX INT8 (onnxruntime quantize_static)", "int8"),
+    ("onnx_fp32_pruned30", "ONNX pruned 30 %", "fp32"),
+    ("paddle_int8_qat", "Paddle Inference INT8 (oneDNN, QAT)", "int8"),
+    ("onnx_int8_qat", "ONNX INT8 (ours, QAT weights)", "int8"),
+)
+FORMAT_LABEL = {key: (label, precision) for key, label, precision in FORMATS}
+
+
+def subjects_for(art: Artifacts, threads: int, frame: np.ndarray, macs: Dict[str, int]) -> List[timing.Subject]:
+    from ddrnet.runtime import Predictor
+
+    predictor = Predictor(art.fp32_dir, threads=threads)
+    tensor = predictor.preprocess(frame)
+
+    def labels(key: str) -> dict:
+        label, precision = FORMAT_LABEL[key]
+        return {"model": art.model, "hw": list(art.hw), "threads": threads, "format": key, "format_label": label,
+                "precision": precision, "macs": macs["pruned" if "pruned" in key else "full"]}
+
+    subjects = [
+        timing.paddle_subject(labels("paddle_fp32"), art.fp32_dir, threads, tensor),
+        # the Predictor's own session doubles as the raw ONNX FP32 run: the ratio is pure runtime overhead
+        timing.Subject(labels("onnx_fp32"), lambda: predictor.backend.run(tensor)),
+        timing.predictor_subject(labels("predictor_fp32"), predictor, frame),
+        timing.onnx_subject(labels("onnx_int8_ours"), art.ours, threads, tensor),
+        timing.onnx_subject(labels("onnx_int8_quantize_static"), art.plain, threads, tensor),
+        timing.onnx_subject(labels("onnx_fp32_pruned30"), os.path.join(art.pruned_dir, "model.onnx"), threads,
+                            tensor),
+    ]
+    if os.path.isdir(art.qat_dir):
+        subjects.append(timing.paddle_subject(labels("paddle_int8_qat"), art.qat_dir, threads, tensor, "int8"))
+        subjects.append(timing.onnx_subject(labels("onnx_int8_qat"), os.path.join(art.qat_dir, "model.onnx"),
+                                            threads, tensor))
+    return subjects
+
+
+def evaluate_all(art: Artifacts, data_root: str, max_images: Optional[int]) -> Dict[str, float]:
+    """mIoU of each ONNX variant through the runtime Predictor's pre/post-processing."""
+    from ddrnet.runtime import Predictor
+    from ddrnet.runtime.backends import OnnxRuntimeBackend
+    from ddrnet.runtime.metrics import evaluate_model_dir
+
+    fp32 = Predictor(art.fp32_dir)
+    found = {"onnx_fp32": evaluate_model_dir(fp32, data_root, "val", False, max_images)["miou"]}
+    found["paddle_fp32"] = evaluate_model_dir(Predictor(art.fp32_dir, backend="paddle"), data_root, "val", False,
+                                              max_images)["miou"]
+    for key, path in (("onnx_int8_ours", art.ours), ("onnx_int8_quantize_static", art.plain)):
+        manifest = dict(fp32.manifest, precision="int8")
+        found[key] = evaluate_model_dir(Predictor.from_backend(OnnxRuntimeBackend(path), manifest, path), data_root,
+                                        "val", False, max_images)["miou"]
+    if os.path.isdir(art.qat_dir):
+        for key, backend in (("onnx_int8_qat", "onnxruntime"), ("paddle_int8_qat", "paddle")):
+            found[key] = evaluate_model_dir(Predictor(art.qat_dir, backend=backend), data_root, "val", False,
+                                            max_images)["miou"]
+    return found
+
+
+def bf16_rows(art: Artifacts, frame: np.ndarray, plan: Plan, weights_kind: str) -> dict:
+    """Paddle Inference FP32 vs BF16 (oneDNN) interleaved at 2 threads, and their argmax agreement."""
+    from ddrnet.runtime import Predictor
+
+    tensor = Predictor(art.fp32_dir).preprocess(frame)
+    threads = max(plan.threads)
+    base = {"model": art.model, "hw": list(art.hw), "threads": threads}
+    fp32 = timing.PaddleRunner(art.fp32_dir, threads, "fp32")
+    bf16 = timing.PaddleRunner(art.fp32_dir, threads, "bf16")
+    agreement = timing.agreement(fp32(tensor), bf16(tensor))
+    seconds, low, high = plan.budget(art.model, art.hw)
+    rows = timing.measure([timing.Subject(dict(base, precision="fp32"), lambda: fp32(tensor)),
+                           timing.Subject(dict(base, precision="bf16"), lambda: bf16(tensor))],
+                          seconds / 2, low, high, desc="bf16 " + art.model)
+    return {"rows": rows, "argmax_agreement_bf16_vs_fp32": agreement, "weights": weights_kind}
+
+
+def _frame(hw: Tuple[int, int], data_root: Optional[str]) -> np.ndarray:
+    import cv2
+
+    if data_root:
+        from ddrnet.runtime.cityscapes import list_samples
+        from ddrnet.runtime.imageio import read_image
+
+        image = read_image(list_samples(data_root, "val")[0][0])
+        return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+    return variants.calibration_frames(1, hw, None)[0]
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 23-slim, 256x512, 2 threads (~3 min)")
+    parser.add_argument("--weights", default=_default("demo_out/train/best_model"),
+                        help="trained FP32 checkpoint: its model gets mIoU figures (default: the demo's, if any)")
+    parser.add_argument("--qat-weights", default=_default("demo_out/qat/best_model"),
+                        help="QAT checkpoint: adds Paddle INT8 (oneDNN) rows (default: the demo's, if any)")
+    parser.add_argument("--data-root", default=_default("demo_out/data"),
+                        help="Cityscapes-layout data for mIoU and calibration (default: demo_out/data, if any)")
+    parser.add_argument("--out", help="results folder (default benchmarks/results, or benchmarks/results/quick)")
+    parser.add_argument("--skip-training", action="store_true", help="leave out the training comparison")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddrnet.runtime.bench import host_info, versions
+
+    plan = Plan(args.quick)
+    out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "")
+    os.makedirs(out, exist_ok=True)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    trained = {_model_of(args.weights): args.weights} if args.weights else {}
+    qat = {_model_of(args.qat_weights): args.qat_weights} if args.qat_weights else {}
+    data_root = args.data_root  # calibration images; mIoU only for the trained model
+    work = tempfile.mkdtemp(prefix="ddrnet-bench-")
+    results = {"command": " ".join([os.path.relpath(sys.executable, ROOT)] + sys.argv), "mode":
+               "quick" if args.quick else "full", "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "host": host_info(), "trained_weights": trained, "qat_weights": qat, "data_root": data_root}
+    try:
+        print("host peak (numpy sgemm, onnxruntime MatMul / MatMulInteger) ...")
+        results["peak"] = peak.measure_peaks(plan.threads, plan.peak_n, plan.peak_reps)
+        results["latency"], results["miou"], results["notes"], results["quantization"] = [], {}, {}, {}
+        results["bf16"] = {}
+        bf16_ok = bool(set(BF16_FLAGS) & set(results["host"]["isa"]))
+        for model in plan.models:
+            weights = trained.get(model) or variants.random_checkpoint(model, os.path.join(work, "weights"))
+            pruned = variants.pruned_checkpoint(weights, os.path.join(work, "weights", model + "_pruned"))
+            for hw in plan.sizes:
+                key = "{}@{}x{}".format(model, *hw)
+                print("building {} (export, INT8 ours + quantize_static, pruned{}) ...".format(
+                    key, ", QAT" if model in qat else ""))
+                art = build_artifacts(model, hw, weights, pruned, qat.get(model), data_root,
+                                      plan.calib_for(model, hw), os.path.join(work, key))
+                results["notes"].update({key + " " + k: v for k, v in art.notes.items()})
+                results["quantization"][key] = art.quantization
+                macs = {"full": variants.model_macs(weights, hw), "pruned": variants.model_macs(pruned, hw)}
+                frame = _frame(hw, data_root)
+                for threads in plan.threads:
+                    seconds, low, high = plan.budget(model, hw)
+                    rows = timing.measure(subjects_for(art, threads, frame, macs), seconds, low, high,
+                                          desc="{} t{}".format(key, threads))
+                    results["latency"].extend(rows)
+                    _save(out, results)
+                if model in trained and data_root:
+                    results["miou"][key] = evaluate_all(art, data_root, plan.max_images)
+                if model in plan.bf16_models and hw == plan.sizes[0]:
+                    kind = "trained" if model in trained else "random"
+                    results["bf16"][key] = bf16_rows(art, frame, plan, kind) if bf16_ok else {
+                        "skipped": "CPU has none of " + ", ".join(BF16_FLAGS)}
+                _save(out, results)
+                shutil.rmtree(art.folder, ignore_errors=True)
+        if not args.skip_training:
+            print("training throughput: ours vs PaddleSeg core.train ...")
+            results["training"] = training.compare(work, **plan.train)
+    except BaseException as err:  # what was measured before the failure is still written, marked as such
+        results["interrupted"] = "{}: {}".format(type(err).__name__, str(err).strip()[:200])
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        results["versions"] = _versions(versions())
+        results["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        _save(out, results)
+        if results.get("peak"):
+            report.write(results, out)
+    print(report.summary(results))
+    print("wrote {}".format(out))
+    return 0
+
+
+def _versions(found: Dict[str, str]) -> Dict[str, str]:
+    for name in ("onnx", "paddleseg", "paddleslim", "paddle2onnx"):
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = str(getattr(module, "__version__", "?"))
+    return found
+
+
+def _save(out: str, results: dict) -> None:
+    """One JSON per experiment, rewritten after every group so an interrupted run keeps what it measured."""
+    meta = {k: results.get(k) for k in ("command", "mode", "started", "finished", "interrupted", "host", "versions",
+                                         "trained_weights", "qat_weights", "data_root")}
+    for name in ("peak", "latency", "miou", "bf16", "training", "quantization", "notes"):
+        if name in results:
+            report.write_json(os.path.join(out, name + ".json"), dict(meta, **{name: results[name]}))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Smoke test of the benchmark suite's building blocks at a tiny size (the `--quick` path, shrunk):
+build every variant of a random 23-slim, time them interleaved, write the report."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+HW = (64, 128)
+
+
+@pytest.fixture(scope="module")
+def suite_results(tmp_path_factory):
+    import peak
+    import run as suite
+    from ddrnet.runtime.bench import host_info
+
+    work = str(tmp_path_factory.mktemp("bench"))
+    weights = suite.variants.random_checkpoint("ddrnet23_slim", os.path.join(work, "weights"))
+    pruned = suite.variants.pruned_checkpoint(weights, os.path.join(work, "weights", "pruned"))
+    art = suite.build_artifacts("ddrnet23_slim", HW, weights, pruned, None, None, 2, os.path.join(work, "art"))
+    macs = {"full": suite.variants.model_macs(weights, HW), "pruned": suite.variants.model_macs(pruned, HW)}
+    frame = suite.variants.calibration_frames(1, HW, None)[0]
+    rows = suite.timing.measure(suite.subjects_for(art, 1, frame, macs), budget_s=0.5, min_iters=3, max_iters=5)
+    results = {"command": "pytest", "mode": "test", "started": "-", "finished": "-", "host": host_info(),
+               "versions": {}, "trained_weights": {}, "qat_weights": {}, "data_root": None,
+               "peak": peak.measure_peaks([1], n=256, reps=2), "latency": rows, "miou": {}, "notes": {},
+               "bf16": {}, "quantization": {"ddrnet23_slim": art.quantization}}
+    out = str(tmp_path_factory.mktemp("results"))
+    written = suite.report.write(results, out)
+    return {"rows": rows, "macs": macs, "quantization": art.quantization, "results": results, "out": out,
+            "written": written}
+
+
+def test_every_format_is_timed_with_real_samples(suite_results):
+    rows = suite_results["rows"]
+    assert [r["format"] for r in rows] == ["paddle_fp32", "onnx_fp32", "predictor_fp32", "onnx_int8_ours",
+                                           "onnx_int8_quantize_static", "onnx_fp32_pruned30"]
+    for row in rows:
+        assert 3 <= row["iterations"] <= 5
+        assert 0 < row["latency_ms"]["min"] <= row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+        assert row["fps"] == pytest.approx(1000.0 / row["latency_ms"]["p50"])
+
+
+def test_our_int8_runs_every_convolution_as_an_integer_kernel(suite_results):
+    ours = suite_results["quantization"]["ours"]["optimized_graph"]
+    assert ours["float_convs"] == 0 and ours["op_histogram"].get("QLinearConv", 0) > 0
+    assert "float_convs" in suite_results["quantization"]["quantize_static"]["optimized_graph"]
+
+
+def test_pruning_cuts_macs(suite_results):
+    macs = suite_results["macs"]
+    assert 0.3 < macs["pruned"] / macs["full"] < 0.7  # 30 % of channels off both sides of a conv: ~0.49
+
+
+def test_report_has_every_section_and_only_measured_ratios(suite_results):
+    import report
+
+    text = open(os.path.join(suite_results["out"], "README.md")).read()
+    for heading in ("## Host peak", "## Key ratios", "## Latency, FPS and efficiency", "## What onnxruntime runs",
+                    "## BF16"):
+        assert heading in text
+    assert report.NA_UNTRAINED in text
+    assert all(os.path.getsize(p) > 0 for p in suite_results["written"])
+    key = ("ddrnet23_slim", HW, 1)
+    r = report.ratios(suite_results["rows"], key)
+    assert r["paddle_int8_qat_vs_paddle_fp32"] is None  # no QAT checkpoint, so no figure
+    fp32 = next(x for x in suite_results["rows"] if x["format"] == "onnx_fp32")["latency_ms"]["p50"]
+    ours = next(x for x in suite_results["rows"] if x["format"] == "onnx_int8_ours")["latency_ms"]["p50"]
+    assert r["int8_ours_vs_onnx_fp32"] == pytest.approx(fp32 / ours)
+
+
+def test_peak_measures_both_precisions(suite_results):
+    p = suite_results["results"]["peak"]
+    assert p["numpy_sgemm_gmacs"] > 0 and p["fp32_gmacs"]["1"] > 0 and p["int8_gmacs"]["1"] > 0
+    json.dumps(p)  # what run.py writes
