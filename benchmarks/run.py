@@ -46,7 +46,7 @@ class Plan:
             self.sizes = [(256, 512)]
             self.threads = [2]
             self.calib_num = 4
-            self.peak_n, self.peak_reps = 1024, 5
+            self.peak_n, self.peak_reps = 2048, 5
             self.bf16_models = ["ddrnet23_slim"]
             self.train = dict(batch=2, crop=256, short=1, long=3, n_train=4, image_hw=(256, 512))
             self.max_images = 4

@@ -309,25 +309,31 @@ def _train_set(root):
 
 
 def _epochs(loader, n):
-    return [[(im.numpy(), lab.numpy()) for im, lab in loader] for _ in range(n)]
+    """The loader's iterations split into n epochs of equal length."""
+    batches = [(im.numpy(), lab.numpy()) for im, lab in loader]
+    size = len(batches) // n
+    return [batches[i * size:(i + 1) * size] for i in range(n)]
 
 
 def test_loader_batches_are_reproducible_across_worker_counts_and_new_each_epoch(data_root):
     ds = _train_set(data_root)
-    two = _epochs(data.build_loader(ds, 2, shuffle=True, num_workers=2, drop_last=True, seed=4), 2)
+    two = _epochs(data.build_loader(ds, 2, seed=4, total=4, num_workers=2), 2)
     assert len(two[0]) == 2
     im, lab = two[0][0]
     assert im.shape == (2, 3, 48, 64) and im.dtype == np.float32
     assert lab.shape == (2, 48, 64) and lab.dtype == np.int64
-    zero = _epochs(data.build_loader(ds, 2, shuffle=True, num_workers=0, drop_last=True, seed=4), 2)
+    zero = _epochs(data.build_loader(ds, 2, seed=4, total=4, num_workers=0), 2)
     for epoch_a, epoch_b in zip(two, zero):
         for (ia, la), (ib, lb) in zip(epoch_a, epoch_b):
             assert np.array_equal(ia, ib) and np.array_equal(la, lb)
-    other = _epochs(data.build_loader(ds, 2, shuffle=True, num_workers=0, drop_last=True, seed=5), 1)
+    other = _epochs(data.build_loader(ds, 2, seed=5, total=2, num_workers=0), 1)
     assert not np.array_equal(other[0][0][0], zero[0][0][0])
     # same order every epoch without shuffling, yet each epoch augments anew
-    fixed = _epochs(data.build_loader(ds, 4, shuffle=False, num_workers=0, seed=4), 2)
+    fixed = _epochs(data.build_loader(ds, 4, seed=4, total=2, shuffle=False), 2)
     assert not np.array_equal(fixed[0][0][0], fixed[1][0][0])
+    # resuming at iteration 3 gives exactly the uninterrupted run's 4th batch
+    resumed = _epochs(data.build_loader(ds, 2, seed=4, start=3, total=4), 1)
+    assert np.array_equal(resumed[0][0][0], zero[1][1][0])
 
 
 def test_loader_workers_start_after_the_parent_used_opencv_threads(data_root):

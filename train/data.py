@@ -236,60 +236,78 @@ class CityscapesDataset(paddle.io.Dataset):
         return im, label.astype(np.int64)
 
 
-class SeededBatchSampler(paddle.io.DistributedBatchSampler):
-    """Paddle's DistributedBatchSampler (one process or `paddle.distributed.launch`) whose items
-    carry (index, seed, epoch), so each sample's augmentation is reproducible and new every epoch."""
+class ResumableBatchSampler(paddle.io.BatchSampler):
+    """This rank's batches for iterations [start, total): each epoch's permutation comes from the seed,
+    and each item is keyed (index, seed, iteration) so CityscapesDataset seeds its augmentation with it.
+    Data order and augmentation are therefore a pure function of (seed, iteration): the same with 0 or
+    N loader workers, new every epoch, and a run resumed at iteration k sees exactly the batches the
+    uninterrupted run saw. Works for one process and under `paddle.distributed.launch` (sharded by rank)."""
 
-    def __init__(self, dataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int):
-        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
-        self.seed = seed
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, start: int = 0,
+                 total: Optional[int] = None, shuffle: bool = True):
+        self.rank, self.world = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
+        self.num_samples, self.batch_size, self.seed, self.shuffle = num_samples, batch_size, seed, shuffle
+        self.per_epoch = max(1, num_samples // (batch_size * self.world))
+        self.start, self.total = start, self.per_epoch if total is None else total
+
+    def __len__(self) -> int:
+        return self.total - self.start
 
     def __iter__(self) -> Iterator[List[Tuple[int, int, int]]]:
-        epoch = self.epoch
-        if not self.shuffle:
-            self.epoch += 1  # Paddle advances the epoch only when shuffling (with the epoch as seed)
-        for batch in super().__iter__():
-            yield [(int(i), self.seed, epoch) for i in batch]
+        for it in range(self.start, self.total):
+            epoch, step = divmod(it, self.per_epoch)
+            order = (np.random.RandomState(self.seed + epoch).permutation(self.num_samples) if self.shuffle
+                     else np.arange(self.num_samples))
+            first = (step * self.world + self.rank) * self.batch_size
+            yield [(int(i), self.seed, it) for i in order[first:first + self.batch_size]]
 
 
-# Loader workers need no set-up: the sample keys seed the augmentation. (Not cv2.setNumThreads
-# either: in a forked worker it deadlocks once the parent has used OpenCV's thread pool.)
-# train/trainer.py still imports this name for its worker_init_fn; None is Paddle's "nothing".
-_worker_init = None
-
-
-def build_loader(dataset: paddle.io.Dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
-                 drop_last: bool = False, seed: int = 0) -> paddle.io.DataLoader:
-    sampler = SeededBatchSampler(dataset, batch_size, shuffle, drop_last, seed)
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, return_list=True)
+def build_loader(dataset: paddle.io.Dataset, batch_size: int, seed: int = 0, start: int = 0,
+                 total: Optional[int] = None, num_workers: int = 0, shuffle: bool = True) -> paddle.io.DataLoader:
+    """Loader over iterations [start, total) (default: one epoch). Loader workers need no set-up: the
+    sample keys seed the augmentation (and cv2.setNumThreads in a forked worker deadlocks once the
+    parent has used OpenCV's thread pool)."""
+    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, start, total, shuffle)
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, return_list=True,
+                                use_shared_memory=False)
 
 
 def batches(loader: paddle.io.DataLoader) -> Iterator:
     """Iterate a DataLoader so that a sample that cannot be loaded (bad label ids, corrupt image) stops
-    the run with its own one-line DDRNetError. Paddle raises it in its reader thread, whose default hook
-    prints a traceback, and the loop itself only sees "SystemError: Blocking queue is killed"."""
-    caught = []  # type: List[BaseException]
+    the run with its own one-line DDRNetError. Paddle raises the dataset's error in its reader thread,
+    whose default hook prints a traceback, and the loop only sees "SystemError: Blocking queue is
+    killed" (or, with num_workers=0, waits forever: Paddle 2.6 does not kill the queue there)."""
+    failures = []  # type: List[BaseException]
+    readers = []  # the DataLoader iterator once it exists; its thread may fail before that
     previous = threading.excepthook
 
-    def keep(hook_args) -> None:
+    def on_thread_error(hook_args) -> None:
         if isinstance(hook_args.exc_value, DDRNetError):
-            caught.append(hook_args.exc_value)
+            failures.append(hook_args.exc_value)
         else:
             previous(hook_args)
+        for reader in readers:
+            reader._exit_thread_unexpectedly()  # wakes the loop, which then raises SystemError
 
-    iterator = iter(loader)
-    threading.excepthook = keep
+    iterator = None
+    threading.excepthook = on_thread_error
     try:
+        iterator = iter(loader)
+        readers.append(iterator)
+        if failures:
+            iterator._exit_thread_unexpectedly()
         yield from iterator
     except SystemError:
-        reader = getattr(iterator, "_thread", None)  # its hook has run once the thread has ended
-        if reader is not None:
-            reader.join(timeout=10)
-        if not caught:
+        thread = getattr(iterator, "_thread", None)
+        if thread is not None:  # with workers the queue dies before the thread's hook has run
+            thread.join(timeout=10)
+        if not failures:
             raise
-        raise DDRNetError(_dataset_message(caught[0])) from None
+        raise DDRNetError(_dataset_message(failures[0])) from None
     finally:
         threading.excepthook = previous
+        if iterator is not None:  # now: left to __del__ at exit, stopping the workers deadlocks
+            iterator._try_shutdown_all()
 
 
 def _dataset_message(err: BaseException) -> str:

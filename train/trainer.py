@@ -1,8 +1,5 @@
-"""The training loop: SGD + poly lr, OHEM CE, atomic checkpoints, exact resume, periodic eval, AMP on GPU.
-
-Data order and augmentation are a pure function of (seed, iteration): the sampler derives each epoch's
-permutation from the seed and keys each sample's augmentation by the iteration, so a run resumed
-from a checkpoint sees exactly the batches the uninterrupted run would have seen.
+"""The training loop: SGD (or AdamW) + poly lr, OHEM CE, atomic checkpoints, exact resume (data order and
+augmentation depend only on seed and iteration: see data.ResumableBatchSampler), periodic eval, AMP on GPU.
 """
 from __future__ import annotations
 
@@ -11,9 +8,8 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Optional
 
-import numpy as np
 import paddle
 import paddle.distributed as dist
 from tqdm import tqdm
@@ -21,31 +17,10 @@ from tqdm import tqdm
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.train.checkpoint import (OPT, PARAMS, latest_checkpoint, load_weights_lenient, model_meta,
                                      resolve_weights, save_checkpoint, weights_meta)
-from ddrnet.train.data import CityscapesDataset, batches, build_transforms, _worker_init as worker_init
+from ddrnet.train.data import CityscapesDataset, batches, build_loader, build_transforms
 from ddrnet.train.evaluate import evaluate
 from ddrnet.train.losses import build_loss
 from ddrnet.train.model import build_model
-
-
-class ResumableBatchSampler(paddle.io.BatchSampler):
-    """This rank's batches from iteration `start` on: epoch permutations from the seed, and each item
-    keyed (index, seed, iteration) so CityscapesDataset seeds its augmentation with it."""
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int, total: int):
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.start, self.total = start, total
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-
-    def __len__(self) -> int:
-        return self.total - self.start
-
-    def __iter__(self) -> Iterator[List[Tuple[int, int, int]]]:
-        per_epoch = max(1, self.num_samples // (self.batch_size * self.world))
-        for it in range(self.start, self.total):
-            epoch, step = divmod(it, per_epoch)
-            perm = np.random.RandomState(self.seed + epoch).permutation(self.num_samples)
-            first = (step * self.world + self.rank) * self.batch_size
-            yield [(int(i), self.seed, it) for i in perm[first:first + self.batch_size]]
 
 
 def build_optimizer(cfg: dict, model: paddle.nn.Layer, iters: int):
@@ -147,9 +122,7 @@ def fit(model: paddle.nn.Layer, meta: dict, cfg: dict, save_dir: str, resume: bo
 
     train_set = build_dataset(cfg, "train_dataset", data_root)
     val_set = build_dataset(cfg, "val_dataset", data_root) if do_eval else None
-    sampler = ResumableBatchSampler(len(train_set), batch_size, seed, start, iters)
-    loader = paddle.io.DataLoader(train_set, batch_sampler=sampler, num_workers=int(cfg.get("num_workers", 0)),
-                                  worker_init_fn=worker_init, use_shared_memory=False)
+    loader = build_loader(train_set, batch_size, seed, start, iters, num_workers=int(cfg.get("num_workers", 0)))
     losses = [build_loss(t) for t in cfg.get("loss", {}).get("types", [{"type": "OhemCrossEntropyLoss"}])]
     coefs = [float(c) for c in cfg.get("loss", {}).get("coef", [1.0])]
     net = paddle.DataParallel(model) if world > 1 else model
