@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 import warnings
 from typing import List, Optional
 
@@ -66,6 +67,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except DDRNetError as err:
+        # free the failed run's objects first: a progress bar redraws itself when released, and the
+        # error must stay the last line the user sees
+        traceback.clear_frames(err.__traceback__)
         print("ddrnet {}: error: {}".format(args.command, err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
