@@ -31,6 +31,11 @@ def host_line(results: dict) -> str:
     return "{} ({} cores; {}), {}, Python {}".format(host["cpu"], host["cores"], isa, host["os"], host["python"])
 
 
+def load_range(results: dict) -> str:
+    loads = [row["load_average_after"][0] for row in results.get("latency", []) if "load_average_after" in row]
+    return "{:.1f} to {:.1f}".format(min(loads), max(loads)) if loads else "not recorded"
+
+
 def _peak_gmacs(results: dict, precision: str, threads: int) -> Optional[float]:
     """The best measured GEMM rate at `threads`: onnxruntime's (Integer)MatMul, and for FP32 at all
     cores also numpy's sgemm (its BLAS uses every core)."""
@@ -214,6 +219,8 @@ def markdown(results: dict, plots: Sequence[str]) -> str:
             results["interrupted"]), ""]
     parts += [
         "- Host: " + host_line(results),
+        "- Host load (1-minute load average after each timed group, on {} cores): {}".format(
+            results["host"]["cores"], load_range(results)),
         "- Versions: " + ", ".join("{} {}".format(k, v) for k, v in sorted(results["versions"].items())),
         "- Weights: " + ("random initialisation (speed does not depend on the weights; mIoU is {})".format(
             NA_UNTRAINED) if untrained else "trained: {}; data: {}".format(results["trained_weights"],

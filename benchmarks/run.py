@@ -221,7 +221,27 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="Cityscapes-layout data for mIoU and calibration (default: demo_out/data, if any)")
     parser.add_argument("--out", help="results folder (default benchmarks/results, or benchmarks/results/quick)")
     parser.add_argument("--skip-training", action="store_true", help="leave out the training comparison")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: rebuild README.md and the plots from the results folder's JSON")
     return parser.parse_args(argv)
+
+
+EXPERIMENTS = ("peak", "latency", "miou", "bf16", "training", "quantization", "notes")
+
+
+def load_results(out: str) -> dict:
+    """The results dict back from the JSON files `_save` wrote (each holds the run's header too)."""
+    import json
+
+    results = {}  # type: dict
+    for name in EXPERIMENTS:
+        path = os.path.join(out, name + ".json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                results.update(json.load(f))
+    if "peak" not in results:
+        raise SystemExit("{}: no peak.json, nothing to report (run the benchmarks first)".format(out))
+    return results
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,6 +249,9 @@ def run(args: argparse.Namespace) -> int:
 
     plan = Plan(args.quick)
     out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "")
+    if args.report_only:
+        report.write(load_results(out), out)
+        return 0
     os.makedirs(out, exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc)
     trained = {_model_of(args.weights): args.weights} if args.weights else {}
@@ -301,7 +324,7 @@ def _save(out: str, results: dict) -> None:
     """One JSON per experiment, rewritten after every group so an interrupted run keeps what it measured."""
     meta = {k: results.get(k) for k in ("command", "mode", "started", "finished", "interrupted", "host", "versions",
                                          "trained_weights", "qat_weights", "data_root")}
-    for name in ("peak", "latency", "miou", "bf16", "training", "quantization", "notes"):
+    for name in EXPERIMENTS:
         if name in results:
             report.write_json(os.path.join(out, name + ".json"), dict(meta, **{name: results[name]}))
 

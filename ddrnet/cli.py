@@ -57,9 +57,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ddrnet.runtime.errors import DDRNetError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO lines, set before paddle loads
     # Paddle, PaddleSlim and setuptools warn about their own internals on every run; a user sees
     # one-line errors and progress bars, not those (PYTHONWARNINGS still turns them back on).
-    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO lines, set before paddle loads
     if not sys.warnoptions:
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)

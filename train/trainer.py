@@ -117,8 +117,8 @@ def fit(model: paddle.nn.Layer, meta: dict, cfg: dict, save_dir: str, resume: bo
             optimizer.set_state_dict(paddle.load(os.path.join(folder, OPT)))
             start, best = state["iteration"], state.get("best", best)
             print("resumed from {} (iteration {})".format(folder, start))
-    if start >= iters:
-        return {"iteration": start, "best": best}
+    if start >= iters:  # resumed a finished run: nothing to do
+        return {"iteration": start, "best": best, "images_per_s": 0.0, "loader_wait_fraction": 0.0}
 
     train_set = build_dataset(cfg, "train_dataset", data_root)
     val_set = build_dataset(cfg, "val_dataset", data_root) if do_eval else None
