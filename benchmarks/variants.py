@@ -101,7 +101,7 @@ def quantize_plain(fp32_dir: str, frames: Sequence[np.ndarray], out_path: str, w
     from onnxruntime.quantization.shape_inference import quant_pre_process
     from tqdm import tqdm
 
-    from ddrnet.export.onnx_int8 import _reader as calibration_reader
+    from ddrnet.export.onnx_int8 import calibration_reader
     from ddrnet.runtime import Predictor
 
     fp32 = os.path.join(fp32_dir, "model.onnx")

@@ -44,8 +44,8 @@ def _target_settings(target: str) -> dict:
     raise DDRNetError("unknown INT8 target {!r}: choose {}".format(target, " or ".join(TARGETS)))
 
 
-def _reader(frames: Sequence[np.ndarray], to_tensor: Callable[[np.ndarray], np.ndarray], input_name: str,
-            progress: tqdm):
+def calibration_reader(frames: Sequence[np.ndarray], to_tensor: Callable[[np.ndarray], np.ndarray],
+                       input_name: str, progress: tqdm):
     """Calibration inputs, read in chunks (`set_range`) so only a few images' activations are held."""
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -211,7 +211,7 @@ def quantize_onnx(fp32_path: str, frames: Sequence[np.ndarray], to_tensor: Calla
         onnx.save(model, prepared)
         with tqdm(total=len(frames), desc="calibrating", unit="img", leave=False) as progress:
             quantize_static(
-                prepared, quantized, _reader(frames, to_tensor, input_name, progress),
+                prepared, quantized, calibration_reader(frames, to_tensor, input_name, progress),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=OP_TYPES, per_channel=True,
                 reduce_range=False, activation_type=settings["activation_type"], weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
