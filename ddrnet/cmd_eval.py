@@ -53,19 +53,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_weights(args: argparse.Namespace) -> dict:
-    from ddrnet.runtime.errors import DDRNetError
     from ddrnet.train.checkpoint import load_model
     from ddrnet.train.config import load_config
-    from ddrnet.train.data import CityscapesDataset, build_transforms
     from ddrnet.train.evaluate import evaluate
+    from ddrnet.train.trainer import build_dataset
 
     cfg = load_config(args.config) if args.config else {}
     model_name = args.model_name or (cfg.get("model") or {}).get("name")
     model, _ = load_model(args.weights, model_name=model_name)
-    val_cfg = cfg.get("val_dataset") or {}
-    root = args.data_root or val_cfg.get("dataset_root")
-    if not root:
-        raise DDRNetError("no data: pass --data-root")
-    dataset = CityscapesDataset(root, args.split, build_transforms(val_cfg.get("transforms", [{"type": "Normalize"}]),
-                                                                   train=False))
-    return evaluate(model, dataset)
+    val_cfg = dict(cfg.get("val_dataset") or {}, mode=args.split)
+    return evaluate(model, build_dataset({"val_dataset": val_cfg}, "val_dataset", args.data_root))

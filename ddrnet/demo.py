@@ -50,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
     _step("3/7 evaluate the best checkpoint on the val split")
     from ddrnet.runtime.metrics import format_table
     from ddrnet.train.checkpoint import load_model
-    from ddrnet.train.data import CityscapesDataset, build_transforms
     from ddrnet.train.evaluate import evaluate
+    from ddrnet.train.trainer import build_dataset
 
     model, _ = load_model(best)
-    result = evaluate(model, CityscapesDataset(data, "val", build_transforms([{"type": "Normalize"}], train=False)))
+    result = evaluate(model, build_dataset(cfg, "val_dataset", data))
     print(format_table(result))
 
     _step("4/7 predict a few val images")
