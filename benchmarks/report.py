@@ -85,7 +85,12 @@ def ratios(rows: Sequence[dict], key: tuple) -> Dict[str, Optional[float]]:
             "predictor_overhead": (lambda a, b: a / b if a and b else None)(
                 _p50(rows, key, "predictor_fp32"), _p50(rows, key, "onnx_fp32")),
             "pruned30_vs_onnx_fp32": ratio("onnx_fp32", "onnx_fp32_pruned30"),
-            "paddle_int8_qat_vs_paddle_fp32": ratio("paddle_fp32", "paddle_int8_qat")}
+            "paddle_int8_qat_vs_paddle_fp32": ratio("paddle_fp32", "paddle_int8_qat"),
+            # end to end through the Predictor (frame in, mask out): with the runtime head (lowres_logits)
+            "int8_vs_fp32_end_to_end": ratio("predictor_fp32", "predictor_int8_ours"),
+            "int8_vs_fp32_lowres_end_to_end": ratio("predictor_fp32_lowres", "predictor_int8_lowres"),
+            "lowres_gain_fp32": ratio("predictor_fp32", "predictor_fp32_lowres"),
+            "lowres_gain_int8": ratio("predictor_int8_ours", "predictor_int8_lowres")}
 
 
 def _fmt(value: Optional[float], spec: str = "{:.2f}", missing: str = "-") -> str:
@@ -97,7 +102,8 @@ def _miou(results: dict, row: dict) -> str:
     found = results.get("miou", {}).get(key)
     if not found:
         return NA_UNTRAINED
-    value = found.get(row["format"] if row["format"] != "predictor_fp32" else "onnx_fp32")
+    same_model = {"predictor_fp32": "onnx_fp32", "predictor_int8_ours": "onnx_int8_ours"}
+    value = found.get(same_model.get(row["format"], row["format"]))
     return _fmt(value, "{:.4f}", "not evaluated")
 
 
@@ -116,6 +122,31 @@ def latency_table(results: dict) -> str:
                 _fmt(None if eff is None else 100 * eff, "{:.0f} %"),
                 _fmt(base / row["latency_ms"]["p50"] if base else None, "{:.2f}x"), _miou(results, row),
                 row["iterations"]))
+    return "\n".join(lines)
+
+
+def head_table(results: dict) -> str:
+    """End-to-end ratios (Predictor: frame in, mask out) with the graph's argmax head and with the runtime's
+    upsample + argmax of lowres_logits."""
+    rows = results["latency"]
+    lines = ["| Model | Input | Threads | INT8 / FP32, argmax head | INT8 / FP32, runtime head | runtime head gain "
+             "FP32 | runtime head gain INT8 |", "|---|---|---|---:|---:|---:|---:|"]
+    for key in groups(rows):
+        r = ratios(rows, key)
+        lines.append("| {} | {}x{} | {} | {} | {} | {} | {} |".format(
+            key[0], key[1][0], key[1][1], key[2], *[_fmt(r[k], "{:.2f}x") for k in (
+                "int8_vs_fp32_end_to_end", "int8_vs_fp32_lowres_end_to_end", "lowres_gain_fp32", "lowres_gain_int8")]))
+    return "\n".join(lines)
+
+
+def profile_table(results: dict, top: int = 5) -> str:
+    """The operator types that take the time, from onnxruntime's profiler."""
+    lines = ["| Model@input | ONNX model | threads | run p50 ms | top operators (share of kernel time) |",
+             "|---|---|---:|---:|---|"]
+    for key, models in results.get("profile", {}).items():
+        for name, prof in models.items():
+            ops = ", ".join("{} {:.0%}".format(o["op"], o["share"]) for o in prof["ops"][:top])
+            lines.append("| {} | {} | {} | {:.1f} | {} |".format(key, name, prof["threads"], prof["run_ms_median"], ops))
     return "\n".join(lines)
 
 
@@ -201,9 +232,10 @@ def summary(results: dict) -> str:
     for key in groups(results["latency"]):
         r = ratios(results["latency"], key)
         lines.append("{} {}x{} t{}: INT8 ours/FP32 {}  ours vs quantize_static {}  Predictor/raw {}  "
-                     "ONNX vs Paddle FP32 {}".format(key[0], key[1][0], key[1][1], key[2], *[
-                         _fmt(r[k], "{:.2f}x") for k in ("int8_ours_vs_onnx_fp32", "int8_ours_vs_quantize_static",
-                                                         "predictor_overhead", "onnx_fp32_vs_paddle_fp32")]))
+                     "ONNX vs Paddle FP32 {}  end to end INT8/FP32 with runtime head {}".format(
+                         key[0], key[1][0], key[1][1], key[2], *[_fmt(r[k], "{:.2f}x") for k in (
+                             "int8_ours_vs_onnx_fp32", "int8_ours_vs_quantize_static", "predictor_overhead",
+                             "onnx_fp32_vs_paddle_fp32", "int8_vs_fp32_lowres_end_to_end")]))
     return "\n".join(lines)
 
 
@@ -232,11 +264,18 @@ def markdown(results: dict, plots: Sequence[str]) -> str:
         "BGR frame in, mask out); p50/p99 over the rounds; FPS = 1000 / p50. MACs counted on the network "
         "(`count_macs`); % of peak = achieved MAC/s over the best same-thread GEMM rate below (FP32: "
         "onnxruntime MatMul, or numpy sgemm at all cores if higher; INT8: onnxruntime MatMulInteger). Peaks "
-        "are best-of-N; onnxruntime sessions use the runtime backend's options.", "",
+        "are best-of-N; onnxruntime sessions use the runtime backend's options. The lowres_logits rows are "
+        "the same weights exported with `--output-op lowres_logits` (the graph stops before the final 8x "
+        "upsample; the Predictor upsamples and takes the argmax only at class boundaries, exactly); their "
+        "time includes that post-processing, so they are compared with the Predictor rows.", "",
         "## Host peak (same run)", "", peak_table(results), "",
         "## Key ratios (p50, same interleaved loop; >1 means the first named is faster)", "", ratio_table(results), "",
+        "## Head: graph argmax vs runtime upsample + argmax (`--output-op lowres_logits`), end to end", "",
+        head_table(results), "",
         "## Latency, FPS and efficiency", "", latency_table(results), "",
     ]
+    if results.get("profile"):
+        parts += ["## Where the time goes (onnxruntime profiler, per operator type)", "", profile_table(results), ""]
     parts += ["## What onnxruntime runs for each INT8 model (optimized graph)", "", graph_table(results), ""]
     if results.get("notes"):
         parts += ["Notes: " + "; ".join("{}: {}".format(k, v) for k, v in results["notes"].items()), ""]
@@ -290,7 +329,8 @@ def plot_efficiency(results: dict, path: str) -> None:
     rows = results["latency"]
     threads = max(r["threads"] for r in rows)
     hw = max((tuple(r["hw"]) for r in rows), key=lambda s: s[0] * s[1])
-    chosen = [r for r in rows if r["threads"] == threads and tuple(r["hw"]) == hw and r["format"] != "predictor_fp32"]
+    chosen = [r for r in rows if r["threads"] == threads and tuple(r["hw"]) == hw
+              and not r["format"].startswith("predictor")]  # those include pre/post-processing
     labels = ["{}\n{}".format(r["model"], r["format_label"].replace(" (", "\n(")) for r in chosen]
     values = [100 * (efficiency(results, r) or 0.0) for r in chosen]
     colours = ["#cc6677" if r["precision"] == "int8" else "#4477aa" for r in chosen]

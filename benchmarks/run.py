@@ -50,6 +50,7 @@ class Plan:
             self.bf16_models = ["ddrnet23_slim"]
             self.train = dict(batch=2, crop=256, short=1, long=3, n_train=4, image_hw=(256, 512))
             self.max_images = 4
+            self.profile_runs = 3
         else:
             self.models = ["ddrnet23_slim", "ddrnet23", "ddrnet39"]
             self.sizes = [(512, 1024), (1024, 2048)]
@@ -59,6 +60,7 @@ class Plan:
             self.bf16_models = ["ddrnet23_slim", "ddrnet23"]
             self.train = dict(batch=2, crop=512, short=3, long=13, n_train=8, image_hw=(512, 1024))
             self.max_images = 20
+            self.profile_runs = 5
 
     def budget(self, model: str, hw: Tuple[int, int]) -> Tuple[float, int, int]:
         """(seconds, min rounds, max rounds) for one timed group: the big models at full size get few
@@ -96,6 +98,8 @@ class Artifacts:
         self.ours = os.path.join(folder, "int8_ours.onnx")
         self.plain = os.path.join(folder, "int8_quantize_static.onnx")
         self.pruned_dir = os.path.join(folder, "pruned_fp32")
+        self.fp32_lowres_dir = os.path.join(folder, "fp32_lowres")  # output op lowres_logits
+        self.ours_lowres = os.path.join(folder, "int8_ours_lowres.onnx")
         self.qat_dir = os.path.join(folder, "qat_int8")  # only with a QAT checkpoint
         self.notes = {}  # type: Dict[str, str]
         self.quantization = {}  # type: Dict[str, dict]
@@ -111,6 +115,8 @@ def build_artifacts(model: str, hw: Tuple[int, int], weights: str, pruned: str, 
     for name, path in (("ours", art.ours), ("quantize_static", art.plain)):
         art.quantization[name]["optimized_graph"] = variants.optimized_graph(path)
     variants.export_fp32(pruned, art.pruned_dir, hw, formats=("onnx",))
+    variants.export_fp32(weights, art.fp32_lowres_dir, hw, formats=("onnx",), output_op="lowres_logits")
+    art.quantization["ours_lowres"] = variants.quantize_ours(art.fp32_lowres_dir, frames, art.ours_lowres)
     if qat:
         try:
             variants.export_qat_int8(qat, art.qat_dir, hw, data_root, calib_num)
@@ -128,6 +134,9 @@ FORMATS = (  # key, label, precision
     ("onnx_fp32_pruned30", "ONNX pruned 30 %", "fp32"),
     ("paddle_int8_qat", "Paddle Inference INT8 (oneDNN, QAT)", "int8"),
     ("onnx_int8_qat", "ONNX INT8 (ours, QAT weights)", "int8"),
+    ("predictor_int8_ours", "ONNX INT8 (ours) via runtime Predictor", "int8"),
+    ("predictor_fp32_lowres", "ONNX lowres_logits + runtime head (Predictor)", "fp32"),
+    ("predictor_int8_lowres", "ONNX INT8 (ours) lowres_logits + runtime head (Predictor)", "int8"),
 )
 FORMAT_LABEL = {key: (label, precision) for key, label, precision in FORMATS}
 
@@ -153,6 +162,13 @@ def subjects_for(art: Artifacts, threads: int, frame: np.ndarray, macs: Dict[str
         timing.onnx_subject(labels("onnx_fp32_pruned30"), os.path.join(art.pruned_dir, "model.onnx"), threads,
                             tensor),
     ]
+    lowres = Predictor(art.fp32_lowres_dir, threads=threads)
+    subjects += [
+        timing.predictor_subject(labels("predictor_int8_ours"), int8_predictor(art.ours, predictor, threads), frame),
+        timing.predictor_subject(labels("predictor_fp32_lowres"), lowres, frame),
+        timing.predictor_subject(labels("predictor_int8_lowres"), int8_predictor(art.ours_lowres, lowres, threads),
+                                 frame),
+    ]
     if os.path.isdir(art.qat_dir):
         subjects.append(timing.paddle_subject(labels("paddle_int8_qat"), art.qat_dir, threads, tensor, "int8"))
         subjects.append(timing.onnx_subject(labels("onnx_int8_qat"), os.path.join(art.qat_dir, "model.onnx"),
@@ -160,20 +176,26 @@ def subjects_for(art: Artifacts, threads: int, frame: np.ndarray, macs: Dict[str
     return subjects
 
 
+def int8_predictor(path: str, fp32, threads: Optional[int] = None):
+    """A Predictor for an INT8 .onnx quantized from the FP32 Predictor `fp32`'s model (same manifest)."""
+    from ddrnet.runtime import Predictor
+    from ddrnet.runtime.backends import OnnxRuntimeBackend
+
+    return Predictor.from_backend(OnnxRuntimeBackend(path, "cpu", threads), dict(fp32.manifest, precision="int8"),
+                                  path)
+
+
 def evaluate_all(art: Artifacts, data_root: str, max_images: Optional[int]) -> Dict[str, float]:
     """mIoU of each ONNX variant through the runtime Predictor's pre/post-processing."""
     from ddrnet.runtime import Predictor
-    from ddrnet.runtime.backends import OnnxRuntimeBackend
     from ddrnet.runtime.metrics import evaluate_model_dir
 
-    fp32 = Predictor(art.fp32_dir)
-    found = {"onnx_fp32": evaluate_model_dir(fp32, data_root, "val", False, max_images)["miou"]}
-    found["paddle_fp32"] = evaluate_model_dir(Predictor(art.fp32_dir, backend="paddle"), data_root, "val", False,
-                                              max_images)["miou"]
-    for key, path in (("onnx_int8_ours", art.ours), ("onnx_int8_quantize_static", art.plain)):
-        manifest = dict(fp32.manifest, precision="int8")
-        found[key] = evaluate_model_dir(Predictor.from_backend(OnnxRuntimeBackend(path), manifest, path), data_root,
-                                        "val", False, max_images)["miou"]
+    fp32, lowres = Predictor(art.fp32_dir), Predictor(art.fp32_lowres_dir)
+    predictors = {"onnx_fp32": fp32, "paddle_fp32": Predictor(art.fp32_dir, backend="paddle"),
+                  "onnx_int8_ours": int8_predictor(art.ours, fp32),
+                  "onnx_int8_quantize_static": int8_predictor(art.plain, fp32),
+                  "predictor_fp32_lowres": lowres, "predictor_int8_lowres": int8_predictor(art.ours_lowres, lowres)}
+    found = {key: evaluate_model_dir(p, data_root, "val", False, max_images)["miou"] for key, p in predictors.items()}
     if os.path.isdir(art.qat_dir):
         for key, backend in (("onnx_int8_qat", "onnxruntime"), ("paddle_int8_qat", "paddle")):
             found[key] = evaluate_model_dir(Predictor(art.qat_dir, backend=backend), data_root, "val", False,
@@ -196,6 +218,18 @@ def bf16_rows(art: Artifacts, frame: np.ndarray, plan: Plan, weights_kind: str) 
                            timing.Subject(dict(base, precision="bf16"), lambda: bf16(tensor))],
                           seconds / 2, low, high, desc="bf16 " + art.model)
     return {"rows": rows, "argmax_agreement_bf16_vs_fp32": agreement, "weights": weights_kind}
+
+
+def profile_models(art: Artifacts, frame: np.ndarray, threads: int, runs: int) -> Dict[str, dict]:
+    """onnxruntime's time per operator of the FP32 and our INT8 model, argmax and lowres_logits heads."""
+    from ddrnet.runtime import Predictor
+    from ddrnet.runtime.opprofile import op_profile
+
+    tensor = Predictor(art.fp32_dir).preprocess(frame)
+    models = {"onnx_fp32": os.path.join(art.fp32_dir, "model.onnx"), "onnx_int8_ours": art.ours,
+              "onnx_fp32_lowres": os.path.join(art.fp32_lowres_dir, "model.onnx"),
+              "onnx_int8_ours_lowres": art.ours_lowres}
+    return {name: op_profile(path, tensor, threads, runs) for name, path in models.items()}
 
 
 def _frame(hw: Tuple[int, int], data_root: Optional[str]) -> np.ndarray:
@@ -226,7 +260,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-EXPERIMENTS = ("peak", "latency", "miou", "bf16", "training", "quantization", "notes")
+EXPERIMENTS = ("peak", "latency", "miou", "bf16", "training", "quantization", "profile", "notes")
 
 
 def load_results(out: str) -> dict:
@@ -265,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
         print("host peak (numpy sgemm, onnxruntime MatMul / MatMulInteger) ...")
         results["peak"] = peak.measure_peaks(plan.threads, plan.peak_n, plan.peak_reps)
         results["latency"], results["miou"], results["notes"], results["quantization"] = [], {}, {}, {}
-        results["bf16"] = {}
+        results["bf16"], results["profile"] = {}, {}
         bf16_ok = bool(set(BF16_FLAGS) & set(results["host"]["isa"]))
         for model in plan.models:
             weights = trained.get(model) or variants.random_checkpoint(model, os.path.join(work, "weights"))
@@ -286,6 +320,9 @@ def run(args: argparse.Namespace) -> int:
                                           desc="{} t{}".format(key, threads))
                     results["latency"].extend(rows)
                     _save(out, results)
+                if hw == plan.sizes[0]:
+                    print("profiling {} (onnxruntime, {} thread) ...".format(key, min(plan.threads)))
+                    results["profile"][key] = profile_models(art, frame, min(plan.threads), plan.profile_runs)
                 if model in trained and data_root:
                     results["miou"][key] = evaluate_all(art, data_root, plan.max_images)
                 if model in plan.bf16_models and hw == plan.sizes[0]:

@@ -1,7 +1,7 @@
 """The models under test, built by the project's own exporter and quantizer.
 
 Per architecture and input size: the FP32 export (Paddle Inference + ONNX, argmax output, the way
-it ships), our INT8 ONNX (`ddrnet.export.onnx_int8.quantize_onnx`), onnxruntime's plain
+it ships), the same as `lowres_logits` (the runtime upsamples + argmaxes), our INT8 ONNX of both (`ddrnet.export.onnx_int8.quantize_onnx`), onnxruntime's plain
 `quantize_static` of the very same FP32 ONNX (the baseline to beat), a 30 %-pruned FP32 ONNX, and,
 given a QAT checkpoint, the exporter's INT8 Paddle (oneDNN) + ONNX model dir.
 Random weights serve speed figures (dense convolution cost does not depend on the values).
@@ -46,10 +46,11 @@ def model_macs(weights: str, hw: Tuple[int, int]) -> int:
     return model_cost(model, hw)["macs"]
 
 
-def export_fp32(weights: str, out_dir: str, hw: Tuple[int, int], formats: Sequence[str] = ("paddle", "onnx")) -> str:
+def export_fp32(weights: str, out_dir: str, hw: Tuple[int, int], formats: Sequence[str] = ("paddle", "onnx"),
+                output_op: str = "argmax") -> str:
     from ddrnet.export.exporter import export_model
 
-    export_model(weights, out_dir, formats=formats, input_shape=(1, 3, hw[0], hw[1]), output_op="argmax",
+    export_model(weights, out_dir, formats=formats, input_shape=(1, 3, hw[0], hw[1]), output_op=output_op,
                  parity_num=1)
     return out_dir
 

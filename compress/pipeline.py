@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import paddle
 
-from ddrnet.compress.prune import CRITERIA, check_ratio, model_cost, prune_model
+from ddrnet.compress.prune import CHANNEL_ALIGN, CRITERIA, check_ratio, model_cost, prune_model
 from ddrnet.compress.qat import load_compressed, quant_config, quantize_model
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.manifest import sha256_file
@@ -136,6 +136,7 @@ def run_prune(cfg: dict, weights: str, save_dir: str, ratio: Optional[float] = N
     pcfg = cfg.get("prune") or {}
     ratio = check_ratio(float(ratio if ratio is not None else pcfg.get("ratio", 0.3)))
     criterion = criterion or pcfg.get("criterion", "l1")
+    channel_align = int(pcfg.get("channel_align", CHANNEL_ALIGN))
     if criterion not in CRITERIA:
         raise DDRNetError("--criterion {}: choose {}".format(criterion, " or ".join(CRITERIA)))
     ft = finetune_config(cfg, "prune", iters)
@@ -150,17 +151,17 @@ def run_prune(cfg: dict, weights: str, save_dir: str, ratio: Optional[float] = N
     cached = _resumed_compression(save_dir, resume).get("prune") or {}
 
     before = cached.get("before") or dict(model_cost(model, macs_hw), miou=_miou(model, val))
-    shapes = prune_model(model, ratio, criterion, trace_shape)
+    shapes = prune_model(model, ratio, criterion, trace_shape, channel_align)
     shapes = dict((compression.get("prune") or {}).get("shapes") or {}, **shapes)
     if cached and cached.get("shapes") != shapes:
         raise DDRNetError("{}: holds a pruning run with other settings or weights; use another --save-dir".format(
             save_dir))
     after = cached.get("after") or dict(model_cost(model, macs_hw), miou_before_finetune=_miou(model, val))
-    section = {"ratio": ratio, "criterion": criterion, "shapes": shapes, "before": before, "after": after,
+    section = {"ratio": ratio, "criterion": criterion, "channel_align": channel_align, "shapes": shapes, "before": before, "after": after,
                "source": source_info(weights)}
     fit(model, meta, ft, save_dir, resume=resume, data_root=data_root, do_eval=True,
         extra_state={"compression": dict(compression, prune=section)})
-    report = dict(_best(save_dir), ratio=ratio, criterion=criterion, before=before, after=after,
+    report = dict(_best(save_dir), ratio=ratio, criterion=criterion, channel_align=channel_align, before=before, after=after,
                   iters=int(ft["iters"]), macs_reduction=1.0 - after["macs"] / before["macs"],
                   params_reduction=1.0 - after["params"] / before["params"])
     report["delta_points"] = 100.0 * (report["miou"] - before["miou"])

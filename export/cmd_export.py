@@ -39,8 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", help="comma-separated: paddle, onnx (default: both; onnx with --int8)")
     parser.add_argument("--input-shape", default="1,3,1024,2048",
                         help="N,3,H,W (fixed; -1 for a dynamic dim) or 'dynamic' (default 1,3,1024,2048)")
-    parser.add_argument("--output-op", default="argmax", choices=("argmax", "softmax", "none"),
-                        help="argmax: int32 labels in the graph (default); softmax: probabilities; none: logits")
+    parser.add_argument("--output-op", default="argmax", choices=("argmax", "softmax", "none", "lowres_logits"),
+                        help="argmax: int32 labels in the graph (default; what TensorRT / C++ users want); "
+                             "softmax: probabilities; none: logits; lowres_logits: the graph stops before the "
+                             "final 8x upsample and the ddrnet runtime upsamples + argmaxes exactly, only at "
+                             "class boundaries (faster on CPU, same labels)")
     parser.add_argument("--out", required=True, help="model dir to write (replaced if it is an exported model dir)")
     parser.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13; TensorRT 8.x parses it)")
     parser.add_argument("--no-optimize", action="store_true",

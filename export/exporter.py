@@ -77,7 +77,8 @@ class _Job:
 
 class WithOutputOp(paddle.nn.Layer):
     """The model plus its output op, so the exported graph ends where the runtime wants it:
-    argmax -> int32 labels [N, H, W]; softmax -> probabilities; none -> logits."""
+    argmax -> int32 labels [N, H, W]; softmax -> probabilities; none -> logits; lowres_logits ->
+    logits at 1/8 of the input (the runtime upsamples them)."""
 
     def __init__(self, model: paddle.nn.Layer, output_op: str):
         super().__init__()
@@ -85,6 +86,8 @@ class WithOutputOp(paddle.nn.Layer):
         self.output_op = output_op
 
     def forward(self, x):
+        if self.output_op == "lowres_logits":
+            return self.model.lowres_logits(x)
         logits = self.model(x)
         if self.output_op == "argmax":
             return paddle.argmax(logits, axis=1, dtype="int32")

@@ -64,10 +64,12 @@ def name_io(model: onnx.ModelProto) -> None:
             len(graph.input), len(graph.output)))
     _rename_tensor(graph, graph.input[0].name, INPUT_NAME)
     _rename_tensor(graph, graph.output[0].name, OUTPUT_NAME)
-    for value in (graph.input[0], graph.output[0]):
+    for value, prefix in ((graph.input[0], ""), (graph.output[0], "out_")):
         dims = value.type.tensor_type.shape.dim
-        # the output is [N, H, W] for argmax, [N, C, H, W] otherwise: name by position from the end
-        names = DYNAMIC_DIMS if len(dims) == 4 else (DYNAMIC_DIMS[0],) + DYNAMIC_DIMS[2:]
+        # the output is [N, H, W] for argmax, [N, C, H, W] otherwise: name by position from the end;
+        # its own names, since lowres_logits outputs are smaller than the input
+        names = tuple(prefix + n if n and n != "batch" else n for n in DYNAMIC_DIMS)
+        names = names if len(dims) == 4 else (names[0],) + names[2:]
         for dim, name in zip(dims, names):
             if name is not None and not dim.HasField("dim_value"):
                 dim.dim_param = name

@@ -42,7 +42,8 @@ def _static_dims(shape) -> List[int]:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: str, device: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, path: str, device: str = "cpu", threads: Optional[int] = None,
+                 profile_prefix: Optional[str] = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -54,6 +55,9 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        if profile_prefix:  # onnxruntime's per-node trace (see ddrnet.runtime.opprofile)
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         providers = self._providers(ort, device, os.path.dirname(path))
         try:
             self._session = ort.InferenceSession(path, sess_options=options, providers=providers)
@@ -98,6 +102,10 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         return self._session.run(self._fetch, {self.input_name: tensor})[0]
+
+    def end_profiling(self) -> str:
+        """Stop profiling (profile_prefix) and return the trace file's path."""
+        return self._session.end_profiling()
 
 
 class PaddleInferenceBackend(Backend):

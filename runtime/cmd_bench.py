@@ -8,6 +8,7 @@ examples:
   ddrnet bench --model runs/export/int8 --data-root data/cityscapes --split val
   ddrnet bench --model runs/export/fp32 --backend tensorrt --device gpu --precision fp16
   ddrnet bench --all runs/export --plot bench.png     # every model dir and format, one table
+  ddrnet bench --model runs/export/int8 --threads 1 --profile   # time per operator (onnxruntime)
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="synthetic frame size (default: the model's input size, 1024x2048 if dynamic)")
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="with --all: bar chart of latency per format")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --model on onnxruntime (CPU): time per operator type and slowest nodes, "
+                             "from onnxruntime's profiler, over the timed iterations")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,10 +65,14 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         if args.plot:
             raise DDRNetError("--plot needs --all")
+        if args.profile:
+            return _profile(args, bench, write_json)
         result = bench.run_bench(args.model, backend=args.backend, device=args.device, **options)
         print(bench.format_bench(result))
         _maybe_write(args.json, result, write_json)
         return 0
+    if args.profile:
+        raise DDRNetError("--profile needs --model")
     rows = bench.bench_all(args.all, device=args.device, **options)
     print(bench.format_all_table(rows))
     _maybe_write(args.json, {"results": rows}, write_json)
@@ -74,6 +82,21 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("note: matplotlib is not installed, no plot written (pip install matplotlib)")
     return 1 if any("error" in r for r in rows) else 0
+
+
+def _profile(args: argparse.Namespace, bench, write_json) -> int:
+    from ddrnet.runtime.errors import DDRNetError
+    from ddrnet.runtime.opprofile import format_op_profile, op_profile
+
+    if args.backend != "onnxruntime" or args.device != "cpu":
+        raise DDRNetError("--profile works with --backend onnxruntime --device cpu")
+    subject = bench.open_subject(args.model, threads=args.threads, data_root=args.data_root, split=args.split,
+                                 frame_hw=args.frame)
+    tensor = subject.predictor.preprocess(subject.frames[0])
+    result = op_profile(subject.predictor.backend.model_files[0], tensor, args.threads, args.iters, args.warmup)
+    print(format_op_profile(result))
+    _maybe_write(args.json, result, write_json)
+    return 0
 
 
 def _maybe_write(path: Optional[str], data: dict, write_json) -> None:

@@ -13,7 +13,7 @@ from ddrnet.runtime.errors import DDRNetError
 
 MANIFEST_NAME = "deploy.yaml"
 SCHEMA_VERSION = 1
-OUTPUT_OPS = ("argmax", "softmax", "none")
+OUTPUT_OPS = ("argmax", "softmax", "none", "lowres_logits")
 COLOR_ORDERS = ("RGB", "BGR")
 REQUIRED_KEYS = ("schema_version", "model_name", "class_names", "palette", "precision", "input",
                  "output", "files")

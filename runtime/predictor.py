@@ -22,6 +22,7 @@ from ddrnet.runtime.backends import Backend, create_backend
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.imageio import to_bgr8
 from ddrnet.runtime.manifest import load_manifest, to_plain, validate_manifest
+from ddrnet.runtime.upsample import upsample_argmax
 
 
 class Predictor:
@@ -52,6 +53,7 @@ class Predictor:
         self.backend_name = backend_name
         self.device = device
         self.precision = getattr(backend, "precision", manifest["precision"])  # type: str
+        self.output_op = manifest["output"]["op"]  # type: str
         self.input_shape = self._merge_shapes(backend.input_shape, manifest["input"]["shape"])  # type: List[int]
         spec = manifest["input"]
         mean = np.asarray(spec["mean"], dtype=np.float64)
@@ -124,8 +126,12 @@ class Predictor:
 
     # -- post-processing ---------------------------------------------------------------------
 
-    def _class_maps(self, out: np.ndarray) -> np.ndarray:
-        """[N, H, W] integer class map from argmax [N,H,W] / [N,1,H,W] or scores [N,C,H,W]."""
+    def class_maps(self, out: np.ndarray, network_hw: Tuple[int, int]) -> np.ndarray:
+        """[N, H, W] integer class map from argmax [N,H,W] / [N,1,H,W], scores [N,C,H,W], or (output
+        op lowres_logits) scores at a lower resolution, upsampled to `network_hw` and argmaxed."""
+        if self.output_op == "lowres_logits" and out.dtype.kind == "f" and out.ndim == 4 \
+                and out.shape[1] == len(self.class_names):
+            return np.stack([upsample_argmax(scores, network_hw) for scores in out])
         if out.dtype.kind in "iu":
             if out.ndim == 4 and out.shape[1] == 1:
                 out = out[:, 0]
@@ -156,7 +162,7 @@ class Predictor:
         t1 = time.perf_counter()
         out = self.backend.run(tensor)
         t2 = time.perf_counter()
-        mask = self._to_mask(self._class_maps(out)[0], frame_hw)
+        mask = self._to_mask(self.class_maps(out, tensor.shape[2:])[0], frame_hw)
         self._record(t0, t1, t2, time.perf_counter())
         return mask
 
@@ -177,7 +183,7 @@ class Predictor:
         t1 = time.perf_counter()
         out = self.backend.run(tensor)
         t2 = time.perf_counter()
-        maps = self._class_maps(out)
+        maps = self.class_maps(out, tensor.shape[2:])
         masks = [self._to_mask(m, hw) for m, hw in zip(maps, sizes)]
         self._record(t0, t1, t2, time.perf_counter())
         return masks

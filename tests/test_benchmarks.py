@@ -26,10 +26,11 @@ def suite_results(tmp_path_factory):
     macs = {"full": suite.variants.model_macs(weights, HW), "pruned": suite.variants.model_macs(pruned, HW)}
     frame = suite.variants.calibration_frames(1, HW, None)[0]
     rows = suite.timing.measure(suite.subjects_for(art, 1, frame, macs), budget_s=0.5, min_iters=3, max_iters=5)
+    profile = {"ddrnet23_slim@64x128": suite.profile_models(art, frame, 1, runs=2)}
     results = {"command": "pytest", "mode": "test", "started": "-", "finished": "-", "host": host_info(),
                "versions": {}, "trained_weights": {}, "qat_weights": {}, "data_root": None,
                "peak": peak.measure_peaks([1], n=256, reps=2), "latency": rows, "miou": {}, "notes": {},
-               "bf16": {}, "quantization": {"ddrnet23_slim": art.quantization}}
+               "bf16": {}, "quantization": {"ddrnet23_slim": art.quantization}, "profile": profile}
     out = str(tmp_path_factory.mktemp("results"))
     written = suite.report.write(results, out)
     return {"rows": rows, "macs": macs, "quantization": art.quantization, "results": results, "out": out,
@@ -39,7 +40,8 @@ def suite_results(tmp_path_factory):
 def test_every_format_is_timed_with_real_samples(suite_results):
     rows = suite_results["rows"]
     assert [r["format"] for r in rows] == ["paddle_fp32", "onnx_fp32", "predictor_fp32", "onnx_int8_ours",
-                                           "onnx_int8_quantize_static", "onnx_fp32_pruned30"]
+                                           "onnx_int8_quantize_static", "onnx_fp32_pruned30", "predictor_int8_ours",
+                                           "predictor_fp32_lowres", "predictor_int8_lowres"]
     for row in rows:
         assert 3 <= row["iterations"] <= 5
         assert 0 < row["latency_ms"]["min"] <= row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
@@ -61,8 +63,8 @@ def test_report_has_every_section_and_only_measured_ratios(suite_results):
     import report
 
     text = open(os.path.join(suite_results["out"], "README.md")).read()
-    for heading in ("## Host peak", "## Key ratios", "## Latency, FPS and efficiency", "## What onnxruntime runs",
-                    "## BF16"):
+    for heading in ("## Host peak", "## Key ratios", "## Head:", "## Latency, FPS and efficiency",
+                    "## Where the time goes", "## What onnxruntime runs", "## BF16"):
         assert heading in text
     assert report.NA_UNTRAINED in text
     assert all(os.path.getsize(p) > 0 for p in suite_results["written"])
@@ -72,6 +74,18 @@ def test_report_has_every_section_and_only_measured_ratios(suite_results):
     fp32 = next(x for x in suite_results["rows"] if x["format"] == "onnx_fp32")["latency_ms"]["p50"]
     ours = next(x for x in suite_results["rows"] if x["format"] == "onnx_int8_ours")["latency_ms"]["p50"]
     assert r["int8_ours_vs_onnx_fp32"] == pytest.approx(fp32 / ours)
+    assert r["int8_vs_fp32_lowres_end_to_end"] > 0 and r["lowres_gain_fp32"] > 0
+
+
+def test_profile_splits_the_time_by_operator(suite_results):
+    """onnxruntime's profiler: shares add up, the INT8 model runs QLinearConv, the FP32 one Conv, and
+    the lowres_logits models have no head ArgMax."""
+    profile = suite_results["results"]["profile"]["ddrnet23_slim@64x128"]
+    for name, prof in profile.items():
+        assert prof["runs"] == 2 and prof["kernel_ms_per_run"] > 0
+        assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0)
+        ops = {o["op"] for o in prof["ops"]}
+        assert ("QLinearConv" in ops) == ("int8" in name) and ("ArgMax" in ops) == ("lowres" not in name)
 
 
 def test_peak_measures_both_precisions(suite_results):

@@ -164,6 +164,10 @@ def test_prune_cuts_params_and_macs_and_runs_at_odd_sizes(fp32, data, tmp_path):
     model, _, compression = load_compressed(os.path.join(out, "best_model"))
     assert model_cost(model, (256, 512)) == {k: report["after"][k] for k in ("params", "macs", "macs_input_hw")}
     assert model.head.conv.weight.shape[0] == 19  # the classes are never pruned
+    # whole 16-channel blocks kept (the fast CPU kernels need them)
+    assert report["channel_align"] == 16
+    widths = {p.shape[0] for name, p in model.named_parameters() if len(p.shape) == 4}
+    assert widths - {19} and all(w % 16 == 0 for w in widths - {19})
     assert model(paddle.randn([1, 3, 67, 131])).shape == [1, 19, 67, 131]
 
 
@@ -174,6 +178,8 @@ def test_fpgm_prunes_the_same_shapes_and_a_rebuilt_model_matches():
     l1_shapes = prune_model(l1_model, 0.3, "l1")
     fpgm_shapes = prune_model(fpgm_model, 0.3, "fpgm")
     assert fpgm_shapes == l1_shapes  # the ratio sets the shapes, the criterion which filters go
+    exact = prune_model(build_model("ddrnet23_slim"), 0.3, "l1", channel_align=1)
+    assert exact["conv1.0._conv.weight"][0] == 22 and l1_shapes["conv1.0._conv.weight"][0] == 16  # 32 * 0.7
     assert any(not np.array_equal(l1_model.state_dict()[k].numpy(), fpgm_model.state_dict()[k].numpy())
                for k in l1_shapes)
     rebuilt = build_model("ddrnet23_slim")

@@ -207,6 +207,38 @@ def test_int8_onnx_runs_integer_convolutions_and_agrees_with_paddle(trained, tmp
     assert parity["images"] == 4 and parity["argmax_agreement"] >= exporter.INT8_MIN_AGREEMENT
 
 
+def test_lowres_logits_export_gives_the_masks_of_the_argmax_export(trained, tmp_path):
+    """The graph stops before the final 8x upsample; the runtime's exact upsample + argmax of those
+    scores gives the argmax export's masks, in FP32 (Paddle and ONNX) and INT8."""
+    from ddrnet.runtime import Predictor
+
+    weights, scenes = trained
+    frames = [cv2.imread(os.path.join(scenes, name)) for name in sorted(os.listdir(scenes))[:4]]
+    masks = {}
+    for int8 in (False, True):
+        for op in ("argmax", "lowres_logits"):
+            out = str(tmp_path / "{}_{}".format(op, "int8" if int8 else "fp32"))
+            manifest = export_model(weights, out, formats=("onnx",) if int8 else ("paddle", "onnx"),
+                                    input_shape=(1, 3) + HW, output_op=op, int8=int8, calib_dir=scenes if int8 else None,
+                                    calib_num=8, parity_num=2)
+            assert manifest["output"]["op"] == op
+            assert all(p["argmax_agreement"] >= (exporter.INT8_MIN_AGREEMENT if int8 else exporter.FP32_MIN_AGREEMENT)
+                       for p in manifest["parity"].values())
+            if op == "lowres_logits":
+                output = onnx.load(os.path.join(out, "model.onnx")).graph.output[0]
+                assert [d.dim_value for d in output.type.tensor_type.shape.dim] == [1, 19, HW[0] // 8, HW[1] // 8]
+            if int8:
+                assert manifest["quantization"]["optimized_graph"]["float_convs"] == 0
+            backends = ("onnxruntime",) if int8 else ("onnxruntime", "paddle")
+            for backend in backends:
+                predictor = Predictor(out, backend=backend)
+                masks[op, int8, backend] = np.stack([predictor(frame) for frame in frames])
+    for int8, backend in ((False, "onnxruntime"), (False, "paddle"), (True, "onnxruntime")):
+        same = (masks["argmax", int8, backend] == masks["lowres_logits", int8, backend]).mean()
+        # INT8: the argmax graph interpolates 8-bit scores with truncation, the runtime the dequantized ones
+        assert same >= (0.99 if int8 else 0.999), (int8, backend, same)
+
+
 def test_int8_from_a_qat_checkpoint_writes_both_formats(trained, tmp_path):
     """A QAT checkpoint: INT8 Paddle Inference is its fake-quant program, INT8 ONNX the
     onnxruntime quantization of its fine-tuned float weights; both judged against the fake-quant model."""

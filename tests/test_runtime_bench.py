@@ -56,6 +56,21 @@ def test_bench_json_schema(models, tmp_path):
     assert "paddle" not in result["versions"]
 
 
+def test_bench_profile_times_each_operator(models, tmp_path):
+    root, _ = models
+    out = str(tmp_path / "profile.json")
+    proc = _ddrnet("bench", "--model", str(root / "fixed"), "--profile", "--iters", "4", "--warmup", "1",
+                   "--threads", "1", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "onnxruntime profile: 4 runs" in proc.stdout and "slowest nodes:" in proc.stdout
+    result = json.load(open(out))
+    assert result["runs"] == 4 and result["input_shape"] == [1, 3, 8, 16]
+    assert sum(op["share"] for op in result["ops"]) == pytest.approx(1.0)
+    assert sum(op["nodes"] for op in result["ops"]) >= len(result["top_nodes"]) > 0
+    bad = _ddrnet("bench", "--model", str(root / "fixed"), "--profile", "--backend", "paddle")
+    assert bad.returncode == 2 and "--profile works with --backend onnxruntime" in bad.stderr
+
+
 def test_bench_with_dataset_reports_miou(models, tmp_path):
     from ddrnet.runtime import Predictor
     from ddrnet.runtime.metrics import evaluate_model_dir

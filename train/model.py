@@ -16,7 +16,7 @@ converted PyTorch weights reproduce PyTorch's outputs (`ddrnet convert-weights` 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import paddle
 import paddle.nn as nn
@@ -226,6 +226,21 @@ class DualResNet(nn.Layer):
         return fused_low, fused_high
 
     def forward(self, image) -> Union[paddle.Tensor, List[paddle.Tensor]]:
+        head, high_stage3 = self._head(image)
+        logits = _upsample(head, image)
+        if not self.training:
+            return logits
+        if self.has_aux_head:
+            return [logits, _upsample(self.aux_head(high_stage3), image)]
+        return [logits]
+
+    def lowres_logits(self, image) -> paddle.Tensor:
+        """Class scores at 1/8 of the input size, before the final bilinear upsample (the export's
+        `lowres_logits` output: the runtime upsamples and takes the argmax itself, exactly and faster)."""
+        return self._head(image)[0]
+
+    def _head(self, image) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """The head's logits at 1/8 resolution and the high branch after stage 3 (for the aux head)."""
         x = self.layer1(self.conv1(image))
         x = self.layer2(self.relu(x))
         if self.stage3_splits == 1:
@@ -241,12 +256,7 @@ class DualResNet(nn.Layer):
         low, high = self._fuse(low, high, self.down4, self.compression4)
         high = self.layer5_(self.relu(high))
         low = _upsample(self.spp(self.layer5(self.relu(low))), high)
-        logits = _upsample(self.head(low + high), image)
-        if not self.training:
-            return logits
-        if self.has_aux_head:
-            return [logits, _upsample(self.aux_head(high_stage3), image)]
-        return [logits]
+        return self.head(low + high), high_stage3
 
 
 def build_model(name: str, num_classes: int = 19, aux_head: bool = False,

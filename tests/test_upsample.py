@@ -1,0 +1,55 @@
+"""The runtime's exact upsample + argmax of low-resolution scores (output op lowres_logits),
+checked against onnxruntime's Resize (linear, half_pixel) + ArgMax: the graph it replaces."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from ddrnet.runtime.upsample import upsample_argmax
+
+
+def resize_argmax_onnx(scores: np.ndarray, out_hw) -> np.ndarray:
+    """onnxruntime: Resize [1, C, h, w] -> [1, C, H, W] (bilinear, half-pixel), ArgMax over C."""
+    sizes = helper.make_tensor("sizes", TensorProto.INT64, [4], [1, scores.shape[0], out_hw[0], out_hw[1]])
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "", "sizes"], ["up"], mode="linear",
+                          coordinate_transformation_mode="half_pixel"),
+         helper.make_node("ArgMax", ["up"], ["labels"], axis=1, keepdims=0)],
+        "resize_argmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1] + list(scores.shape))],
+        [helper.make_tensor_value_info("labels", TensorProto.INT64, None)], [sizes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": scores[None]})[0][0]
+
+
+def smooth_scores(rng: np.random.Generator, classes: int, hw, blob: int = 4) -> np.ndarray:
+    """Score maps with regions, like a segmentation head's: smooth noise upsampled from a coarse grid."""
+    coarse = rng.normal(0, 3, (classes, max(1, hw[0] // blob), max(1, hw[1] // blob))).astype(np.float32)
+    return np.stack([cv2.resize(c, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC) for c in coarse])
+
+
+@pytest.mark.parametrize("classes, hw, stride", [(19, (16, 32), 8), (19, (9, 13), 8), (5, (12, 12), 4),
+                                                 (19, (2, 7), 8), (2, (10, 20), 2)])
+def test_even_stride_matches_onnxruntime_exactly(classes, hw, stride):
+    rng = np.random.default_rng(classes + hw[0])
+    scores = smooth_scores(rng, classes, hw, blob=1 if min(hw) < 4 else 4)
+    out_hw = (hw[0] * stride, hw[1] * stride)
+    labels = upsample_argmax(scores, out_hw)
+    assert labels.dtype == np.uint8 and labels.shape == out_hw
+    expected = resize_argmax_onnx(scores, out_hw)
+    assert (labels == expected).all()
+    # and the boundary blocks did the work: plain nearest upsampling of the coarse argmax differs
+    nearest = np.repeat(np.repeat(scores.argmax(0), stride, 0), stride, 1)
+    assert classes == 2 or (nearest != expected).any()
+
+
+@pytest.mark.parametrize("hw, out_hw", [((16, 32), (125, 251)), ((8, 8), (24, 24)), ((10, 10), (40, 35))])
+def test_other_ratios_fall_back_to_full_upsampling(hw, out_hw):
+    scores = smooth_scores(np.random.default_rng(1), 19, hw)
+    labels = upsample_argmax(scores, out_hw)
+    agreement = (labels == resize_argmax_onnx(scores, out_hw)).mean()
+    assert labels.shape == out_hw and agreement > 0.999  # OpenCV's and onnxruntime's rounding may differ
