@@ -146,7 +146,8 @@ def profile_table(results: dict, top: int = 5) -> str:
     for key, models in results.get("profile", {}).items():
         for name, prof in models.items():
             ops = ", ".join("{} {:.0%}".format(o["op"], o["share"]) for o in prof["ops"][:top])
-            lines.append("| {} | {} | {} | {:.1f} | {} |".format(key, name, prof["threads"], prof["run_ms_median"], ops))
+            lines.append("| {} | {} | {} | {:.1f} | {} |".format(key, name, prof["threads"], prof["run_ms_median"],
+                                                                 ops))
     return "\n".join(lines)
 
 
@@ -264,7 +265,9 @@ def markdown(results: dict, plots: Sequence[str]) -> str:
         "BGR frame in, mask out); p50/p99 over the rounds; FPS = 1000 / p50. MACs counted on the network "
         "(`count_macs`); % of peak = achieved MAC/s over the best same-thread GEMM rate below (FP32: "
         "onnxruntime MatMul, or numpy sgemm at all cores if higher; INT8: onnxruntime MatMulInteger). Peaks "
-        "are best-of-N; onnxruntime sessions use the runtime backend's options. The lowres_logits rows are "
+        "are best-of-N; onnxruntime sessions use the runtime backend's options with thread spinning off, and Paddle's "
+        "OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0): a pool left spinning after its "
+        "run takes the cores from the next subject of the round. The lowres_logits rows are "
         "the same weights exported with `--output-op lowres_logits` (the graph stops before the final 8x "
         "upsample; the Predictor upsamples and takes the argmax only at class boundaries, exactly); their "
         "time includes that post-processing, so they are compared with the Predictor rows.", "",

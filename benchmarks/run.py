@@ -20,6 +20,13 @@ import sys
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
+# Idle worker threads must sleep, not spin, or the subject that ran last takes cores from the one timed
+# next: Paddle's OpenMP pool (oneDNN) here, onnxruntime's pool in timing.py. Measured on 2 cores at
+# 2 threads: with Paddle's threads spinning, our INT8 timed 17.7 ms after another session, 11.4 ms after a
+# Paddle one; with both off every ONNX INT8 model times 11.6-11.8 ms. Set before Paddle loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("KMP_BLOCKTIME", "0")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # run as a script: the sibling modules import by name
     sys.path.insert(0, HERE)
@@ -68,7 +75,7 @@ class Plan:
         if self.quick:
             return 20.0, 5, 40
         big = hw[0] * hw[1] >= 1024 * 2048
-        seconds = {"ddrnet23_slim": 45.0, "ddrnet23": 55.0, "ddrnet39": 60.0}[model] * (1.5 if big else 1.0)
+        seconds = {"ddrnet23_slim": 35.0, "ddrnet23": 40.0, "ddrnet39": 45.0}[model] * (1.5 if big else 1.0)
         return seconds, (3 if big and model == "ddrnet39" else 5), 200
 
     def calib_for(self, model: str, hw: Tuple[int, int]) -> int:
@@ -142,9 +149,7 @@ FORMAT_LABEL = {key: (label, precision) for key, label, precision in FORMATS}
 
 
 def subjects_for(art: Artifacts, threads: int, frame: np.ndarray, macs: Dict[str, int]) -> List[timing.Subject]:
-    from ddrnet.runtime import Predictor
-
-    predictor = Predictor(art.fp32_dir, threads=threads)
+    predictor = ort_predictor(os.path.join(art.fp32_dir, "model.onnx"), art.fp32_dir, threads)
     tensor = predictor.preprocess(frame)
 
     def labels(key: str) -> dict:
@@ -162,12 +167,14 @@ def subjects_for(art: Artifacts, threads: int, frame: np.ndarray, macs: Dict[str
         timing.onnx_subject(labels("onnx_fp32_pruned30"), os.path.join(art.pruned_dir, "model.onnx"), threads,
                             tensor),
     ]
-    lowres = Predictor(art.fp32_lowres_dir, threads=threads)
+    lowres = os.path.join(art.fp32_lowres_dir, "model.onnx")
     subjects += [
-        timing.predictor_subject(labels("predictor_int8_ours"), int8_predictor(art.ours, predictor, threads), frame),
-        timing.predictor_subject(labels("predictor_fp32_lowres"), lowres, frame),
-        timing.predictor_subject(labels("predictor_int8_lowres"), int8_predictor(art.ours_lowres, lowres, threads),
-                                 frame),
+        timing.predictor_subject(labels("predictor_int8_ours"), ort_predictor(art.ours, art.fp32_dir, threads,
+                                                                              "int8"), frame),
+        timing.predictor_subject(labels("predictor_fp32_lowres"), ort_predictor(lowres, art.fp32_lowres_dir,
+                                                                                threads), frame),
+        timing.predictor_subject(labels("predictor_int8_lowres"), ort_predictor(art.ours_lowres, art.fp32_lowres_dir,
+                                                                                threads, "int8"), frame),
     ]
     if os.path.isdir(art.qat_dir):
         subjects.append(timing.paddle_subject(labels("paddle_int8_qat"), art.qat_dir, threads, tensor, "int8"))
@@ -176,13 +183,15 @@ def subjects_for(art: Artifacts, threads: int, frame: np.ndarray, macs: Dict[str
     return subjects
 
 
-def int8_predictor(path: str, fp32, threads: Optional[int] = None):
-    """A Predictor for an INT8 .onnx quantized from the FP32 Predictor `fp32`'s model (same manifest)."""
+def ort_predictor(path: str, model_dir: str, threads: Optional[int] = None, precision: str = "fp32"):
+    """The runtime's Predictor over `path` (model_dir's .onnx, or a quantization of it) with model_dir's
+    deploy.yaml, on an onnxruntime session without thread spinning (see timing.py)."""
     from ddrnet.runtime import Predictor
     from ddrnet.runtime.backends import OnnxRuntimeBackend
+    from ddrnet.runtime.manifest import load_manifest
 
-    return Predictor.from_backend(OnnxRuntimeBackend(path, "cpu", threads), dict(fp32.manifest, precision="int8"),
-                                  path)
+    manifest = dict(load_manifest(model_dir), precision=precision)
+    return Predictor.from_backend(OnnxRuntimeBackend(path, "cpu", threads, spinning=False), manifest, path)
 
 
 def evaluate_all(art: Artifacts, data_root: str, max_images: Optional[int]) -> Dict[str, float]:
@@ -190,11 +199,12 @@ def evaluate_all(art: Artifacts, data_root: str, max_images: Optional[int]) -> D
     from ddrnet.runtime import Predictor
     from ddrnet.runtime.metrics import evaluate_model_dir
 
-    fp32, lowres = Predictor(art.fp32_dir), Predictor(art.fp32_lowres_dir)
-    predictors = {"onnx_fp32": fp32, "paddle_fp32": Predictor(art.fp32_dir, backend="paddle"),
-                  "onnx_int8_ours": int8_predictor(art.ours, fp32),
-                  "onnx_int8_quantize_static": int8_predictor(art.plain, fp32),
-                  "predictor_fp32_lowres": lowres, "predictor_int8_lowres": int8_predictor(art.ours_lowres, lowres)}
+    fp32, lowres = art.fp32_dir, art.fp32_lowres_dir
+    predictors = {"onnx_fp32": Predictor(fp32), "paddle_fp32": Predictor(fp32, backend="paddle"),
+                  "onnx_int8_ours": ort_predictor(art.ours, fp32, precision="int8"),
+                  "onnx_int8_quantize_static": ort_predictor(art.plain, fp32, precision="int8"),
+                  "predictor_fp32_lowres": Predictor(lowres),
+                  "predictor_int8_lowres": ort_predictor(art.ours_lowres, lowres, precision="int8")}
     found = {key: evaluate_model_dir(p, data_root, "val", False, max_images)["miou"] for key, p in predictors.items()}
     if os.path.isdir(art.qat_dir):
         for key, backend in (("onnx_int8_qat", "onnxruntime"), ("paddle_int8_qat", "paddle")):

@@ -1,7 +1,8 @@
 """The models under test, built by the project's own exporter and quantizer.
 
 Per architecture and input size: the FP32 export (Paddle Inference + ONNX, argmax output, the way
-it ships), the same as `lowres_logits` (the runtime upsamples + argmaxes), our INT8 ONNX of both (`ddrnet.export.onnx_int8.quantize_onnx`), onnxruntime's plain
+it ships), the same as `lowres_logits` (the runtime upsamples + argmaxes), our INT8 ONNX of both
+(`ddrnet.export.onnx_int8.quantize_onnx`), onnxruntime's plain
 `quantize_static` of the very same FP32 ONNX (the baseline to beat), a 30 %-pruned FP32 ONNX, and,
 given a QAT checkpoint, the exporter's INT8 Paddle (oneDNN) + ONNX model dir.
 Random weights serve speed figures (dense convolution cost does not depend on the values).

@@ -157,11 +157,13 @@ def run_prune(cfg: dict, weights: str, save_dir: str, ratio: Optional[float] = N
         raise DDRNetError("{}: holds a pruning run with other settings or weights; use another --save-dir".format(
             save_dir))
     after = cached.get("after") or dict(model_cost(model, macs_hw), miou_before_finetune=_miou(model, val))
-    section = {"ratio": ratio, "criterion": criterion, "channel_align": channel_align, "shapes": shapes, "before": before, "after": after,
+    section = {"ratio": ratio, "criterion": criterion, "channel_align": channel_align, "shapes": shapes,
+               "before": before, "after": after,
                "source": source_info(weights)}
     fit(model, meta, ft, save_dir, resume=resume, data_root=data_root, do_eval=True,
         extra_state={"compression": dict(compression, prune=section)})
-    report = dict(_best(save_dir), ratio=ratio, criterion=criterion, channel_align=channel_align, before=before, after=after,
+    report = dict(_best(save_dir), ratio=ratio, criterion=criterion, channel_align=channel_align,
+                  before=before, after=after,
                   iters=int(ft["iters"]), macs_reduction=1.0 - after["macs"] / before["macs"],
                   params_reduction=1.0 - after["params"] / before["params"])
     report["delta_points"] = 100.0 * (report["miou"] - before["miou"])

@@ -43,7 +43,9 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str, device: str = "cpu", threads: Optional[int] = None,
-                 profile_prefix: Optional[str] = None):
+                 profile_prefix: Optional[str] = None, spinning: bool = True):
+        """`spinning`: onnxruntime's idle worker threads busy-wait for the next run (its default, the
+        lowest latency for one model); off, they sleep and leave the cores to other sessions."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -55,6 +57,8 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if profile_prefix:  # onnxruntime's per-node trace (see ddrnet.runtime.opprofile)
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix

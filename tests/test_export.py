@@ -219,7 +219,8 @@ def test_lowres_logits_export_gives_the_masks_of_the_argmax_export(trained, tmp_
         for op in ("argmax", "lowres_logits"):
             out = str(tmp_path / "{}_{}".format(op, "int8" if int8 else "fp32"))
             manifest = export_model(weights, out, formats=("onnx",) if int8 else ("paddle", "onnx"),
-                                    input_shape=(1, 3) + HW, output_op=op, int8=int8, calib_dir=scenes if int8 else None,
+                                    input_shape=(1, 3) + HW, output_op=op, int8=int8,
+                                    calib_dir=scenes if int8 else None,
                                     calib_num=8, parity_num=2)
             assert manifest["output"]["op"] == op
             assert all(p["argmax_agreement"] >= (exporter.INT8_MIN_AGREEMENT if int8 else exporter.FP32_MIN_AGREEMENT)
