@@ -232,9 +232,10 @@ def summary(results: dict) -> str:
     lines = ["host: " + host_line(results)]
     for key in groups(results["latency"]):
         r = ratios(results["latency"], key)
-        lines.append("{} {}x{} t{}: INT8 ours/FP32 {}  ours vs quantize_static {}  Predictor/raw {}  "
+        lines.append("{} {}x{} {}: INT8 ours/FP32 {}  ours vs quantize_static {}  Predictor/raw {}  "
                      "ONNX vs Paddle FP32 {}  end to end INT8/FP32 with runtime head {}".format(
-                         key[0], key[1][0], key[1][1], key[2], *[_fmt(r[k], "{:.2f}x") for k in (
+                         key[0], key[1][0], key[1][1], "t{}".format(key[2]) if isinstance(key[2], int) else key[2],
+                         *[_fmt(r[k], "{:.2f}x") for k in (
                              "int8_ours_vs_onnx_fp32", "int8_ours_vs_quantize_static", "predictor_overhead",
                              "onnx_fp32_vs_paddle_fp32", "int8_vs_fp32_lowres_end_to_end")]))
     return "\n".join(lines)
@@ -279,10 +280,17 @@ def markdown(results: dict, plots: Sequence[str]) -> str:
     ]
     if results.get("profile"):
         parts += ["## Where the time goes (onnxruntime profiler, per operator type)", "", profile_table(results), ""]
-    parts += ["## What onnxruntime runs for each INT8 model (optimized graph)", "", graph_table(results), ""]
+    if "gpu" in results["mode"]:
+        from gpu import ANCHORS
+
+        parts += ["## Published GPU figures (not measured here, for comparison)", "", "| Source | Figures |",
+                  "|---|---|"] + ["| {} | {} |".format(*anchor) for anchor in ANCHORS] + [""]
+    if results.get("quantization"):
+        parts += ["## What onnxruntime runs for each INT8 model (optimized graph)", "", graph_table(results), ""]
     if results.get("notes"):
         parts += ["Notes: " + "; ".join("{}: {}".format(k, v) for k, v in results["notes"].items()), ""]
-    parts += ["## BF16 through oneDNN (Paddle Inference `enable_mkldnn_bfloat16`)", "", bf16_table(results), ""]
+    if results.get("bf16"):
+        parts += ["## BF16 through oneDNN (Paddle Inference `enable_mkldnn_bfloat16`)", "", bf16_table(results), ""]
     if "training" in results:
         parts += ["## Training throughput (CPU)", "", training_table(results), ""]
     parts += ["## Plots", ""] + ["![{0}]({0})".format(os.path.basename(p)) for p in plots]

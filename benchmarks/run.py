@@ -3,7 +3,8 @@ resolution and thread count, the host's peak measured in the same run, BF16 thro
 training throughput against PaddleSeg's own trainer. Writes JSON, a Markdown report and PNG plots.
 
     python benchmarks/run.py            # full: 3 models x 2 resolutions x 1/2 threads (~30 min, 2 cores)
-    python benchmarks/run.py --quick    # smoke: ddrnet23_slim, 256x512, 2 threads (~3 min)
+    python benchmarks/run.py --quick    # smoke: ddrnet23_slim, 256x512, 2 threads (~1 min)
+    python benchmarks/run.py --device gpu   # every GPU path of the runtime (see gpu.py)
 
 Without trained weights every network is randomly initialised: speed does not depend on the
 weights, and the mIoU column then says so rather than showing a number. `--weights` (a trained
@@ -33,6 +34,7 @@ if HERE not in sys.path:  # run as a script: the sibling modules import by name
 
 import numpy as np  # noqa: E402
 
+import gpu  # noqa: E402
 import peak  # noqa: E402
 import report  # noqa: E402
 import timing  # noqa: E402
@@ -242,6 +244,24 @@ def profile_models(art: Artifacts, frame: np.ndarray, threads: int, runs: int) -
     return {name: op_profile(path, tensor, threads, runs) for name, path in models.items()}
 
 
+def gpu_group(model: str, hw: Tuple[int, int], weights: str, data_root: Optional[str], plan: Plan, work: str,
+              results: dict) -> None:
+    """One model at one size through every GPU path that starts on this machine (gpu.py)."""
+    from ddrnet.runtime import Predictor
+
+    key = "{}@{}x{}".format(model, *hw)
+    print("building {} for the GPU (FP32 export, INT8 Q/DQ for TensorRT) ...".format(key))
+    frames = variants.calibration_frames(plan.calib_for(model, hw), hw, data_root)
+    art = gpu.build(weights, hw, frames, os.path.join(work, key))
+    frame = _frame(hw, data_root)
+    base = {"model": model, "hw": list(hw), "threads": "gpu", "macs": variants.model_macs(weights, hw)}
+    subjects, notes = gpu.subjects(art, Predictor(art.fp32_dir).preprocess(frame), base)
+    results["notes"].update({key + " " + k: v for k, v in notes.items()})
+    if subjects:
+        seconds, low, high = plan.budget(model, hw)
+        results["latency"].extend(timing.measure(subjects, seconds, low, high, desc=key + " gpu"))
+
+
 def _frame(hw: Tuple[int, int], data_root: Optional[str]) -> np.ndarray:
     import cv2
 
@@ -264,6 +284,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--data-root", default=_default("demo_out/data"),
                         help="Cityscapes-layout data for mIoU and calibration (default: demo_out/data, if any)")
     parser.add_argument("--out", help="results folder (default benchmarks/results, or benchmarks/results/quick)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: onnxruntime GPU providers, native TensorRT FP32/FP16/INT8 and Paddle GPU instead "
+                             "of the CPU formats (paths that cannot start here are noted, not timed)")
     parser.add_argument("--skip-training", action="store_true", help="leave out the training comparison")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rebuild README.md and the plots from the results folder's JSON")
@@ -292,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.runtime.bench import host_info, versions
 
     plan = Plan(args.quick)
-    out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "")
+    out = args.out or os.path.join(HERE, "results", "gpu" if args.device == "gpu" else "",
+                                   "quick" if args.quick else "")
     if args.report_only:
         report.write(load_results(out), out)
         return 0
@@ -303,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
     data_root = args.data_root  # calibration images; mIoU only for the trained model
     work = tempfile.mkdtemp(prefix="ddrnet-bench-")
     results = {"command": " ".join([os.path.relpath(sys.executable, ROOT)] + sys.argv), "mode":
-               "quick" if args.quick else "full", "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+               ("quick" if args.quick else "full") + (", gpu" if args.device == "gpu" else ""), "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
                "host": host_info(), "trained_weights": trained, "qat_weights": qat, "data_root": data_root}
     try:
         print("host peak (numpy sgemm, onnxruntime MatMul / MatMulInteger) ...")
@@ -313,6 +337,11 @@ def run(args: argparse.Namespace) -> int:
         bf16_ok = bool(set(BF16_FLAGS) & set(results["host"]["isa"]))
         for model in plan.models:
             weights = trained.get(model) or variants.random_checkpoint(model, os.path.join(work, "weights"))
+            if args.device == "gpu":
+                for hw in plan.sizes:
+                    gpu_group(model, hw, weights, data_root, plan, work, results)
+                    _save(out, results)
+                continue
             pruned = variants.pruned_checkpoint(weights, os.path.join(work, "weights", model + "_pruned"))
             for hw in plan.sizes:
                 key = "{}@{}x{}".format(model, *hw)
@@ -341,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
                         "skipped": "CPU has none of " + ", ".join(BF16_FLAGS)}
                 _save(out, results)
                 shutil.rmtree(art.folder, ignore_errors=True)
-        if not args.skip_training:
+        if not args.skip_training and args.device == "cpu":
             print("training throughput: ours vs PaddleSeg core.train ...")
             results["training"] = training.compare(work, **plan.train)
     except BaseException as err:  # what was measured before the failure is still written, marked as such

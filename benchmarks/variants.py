@@ -85,13 +85,14 @@ def calibration_frames(count: int, hw: Tuple[int, int], data_root: Optional[str]
     return [cv2.resize(im, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR) for im in images]
 
 
-def quantize_ours(fp32_dir: str, frames: Sequence[np.ndarray], out_path: str) -> dict:
-    """Our INT8 ONNX of the FP32 dir's model.onnx; returns quantize_onnx's description."""
+def quantize_ours(fp32_dir: str, frames: Sequence[np.ndarray], out_path: str, target: str = "cpu") -> dict:
+    """Our INT8 ONNX of the FP32 dir's model.onnx for `target` (cpu | tensorrt); returns quantize_onnx's
+    description."""
     from ddrnet.export.onnx_fp32 import save
     from ddrnet.export.onnx_int8 import quantize_onnx
     from ddrnet.runtime import Predictor
 
-    model, info = quantize_onnx(os.path.join(fp32_dir, "model.onnx"), frames, Predictor(fp32_dir).preprocess, "cpu")
+    model, info = quantize_onnx(os.path.join(fp32_dir, "model.onnx"), frames, Predictor(fp32_dir).preprocess, target)
     save(model, out_path)
     return info
 

@@ -126,6 +126,9 @@ class PaddleInferenceBackend(Backend):
         config = paddle_infer.Config(model_file, params_file)
         if device == "gpu":
             config.enable_use_gpu(256, 0)
+            if not config.use_gpu():  # a CPU-only wheel logs an error and would quietly run on the CPU
+                raise DDRNetError("--device gpu: this paddlepaddle has no CUDA support "
+                                  "(pip install paddlepaddle-gpu==2.6.2)")
         else:
             config.disable_gpu()
             config.enable_mkldnn()
@@ -346,9 +349,11 @@ class TensorRTBackend(Backend):
 
 
 def create_backend(manifest: dict, model_dir: str, backend: str = "onnxruntime", device: str = "cpu",
-                   threads: Optional[int] = None, precision: Optional[str] = None) -> Backend:
+                   threads: Optional[int] = None, precision: Optional[str] = None,
+                   spinning: bool = True) -> Backend:
     """Open the manifest's file for `backend` (already verified by load_manifest).
-    `precision` is for tensorrt only (fp32 | fp16 | int8); by default the manifest's."""
+    `precision` is for tensorrt only (fp32 | fp16 | int8); by default the manifest's.
+    `spinning` is onnxruntime's (see OnnxRuntimeBackend)."""
     from ddrnet.runtime.manifest import find_file, formats
 
     if backend not in BACKENDS:
@@ -364,7 +369,7 @@ def create_backend(manifest: dict, model_dir: str, backend: str = "onnxruntime",
         raise DDRNetError("{}: no {} model listed in deploy.yaml (it has: {}); the {} backend needs one"
                           .format(model_dir, fmt, ", ".join(formats(manifest)), backend))
     if backend == "onnxruntime":
-        return OnnxRuntimeBackend(model_file, device, threads)
+        return OnnxRuntimeBackend(model_file, device, threads, spinning=spinning)
     if backend == "paddle":
         params = find_file(manifest, model_dir, "paddle", role="params")
         if params is None:

@@ -156,12 +156,13 @@ def measure(subjects: Sequence[Subject], iters: int, warmup: int, progress: bool
 def open_subject(model_dir: str, backend: str = "onnxruntime", device: str = "cpu",
                  threads: Optional[int] = None, precision: Optional[str] = None,
                  data_root: Optional[str] = None, split: str = "val",
-                 frame_hw: Optional[Tuple[int, int]] = None) -> Subject:
+                 frame_hw: Optional[Tuple[int, int]] = None, spinning: bool = True) -> Subject:
     """A Predictor and its frames: a few of the data set's images, else one synthetic frame of
     frame_hw (default: the model's fixed input size, or a Cityscapes frame for dynamic models)."""
     from ddrnet.runtime.predictor import Predictor
 
-    predictor = Predictor(model_dir, backend=backend, device=device, threads=threads, precision=precision)
+    predictor = Predictor(model_dir, backend=backend, device=device, threads=threads, precision=precision,
+                          spinning=spinning)
     if data_root and frame_hw is None:
         return Subject(predictor, _dataset_frames(data_root, split, count=4))
     fixed = predictor.input_shape[2:]
@@ -296,7 +297,12 @@ def bench_all(root: str, device: str = "cpu", threads: Optional[int] = None, pre
               frame_hw: Optional[Tuple[int, int]] = None, max_images: Optional[int] = None,
               progress: bool = True, log=print) -> List[dict]:
     """Bench every format of every model dir under root, all timed in one interleaved loop;
-    one that cannot be opened becomes an error row."""
+    one that cannot be opened becomes an error row. Thread pools must not spin between runs here, or
+    the one that ran last takes the cores from the next (measured: 2 sessions at 2 threads, 17.5 ->
+    38.3 ms): onnxruntime sessions open with spinning off, and Paddle's OpenMP threads are asked to
+    wait passively (effective when Paddle is not loaded yet, as in `ddrnet bench --all`)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
     slots = []  # type: List[object]  # a Subject, or the error row standing in its place
     for model_dir in find_model_dirs(root):
         try:
@@ -312,7 +318,7 @@ def bench_all(root: str, device: str = "cpu", threads: Optional[int] = None, pre
             try:
                 slots.append(open_subject(model_dir, backend, device, threads,
                                           precision if backend == "tensorrt" else None,
-                                          data_root, split, frame_hw))
+                                          data_root, split, frame_hw, spinning=False))
             except DDRNetError as err:
                 slots.append({"model_dir": os.path.abspath(model_dir), "backend": backend, "device": device,
                               "error": str(err)})

@@ -27,10 +27,11 @@ from ddrnet.runtime.upsample import upsample_argmax
 
 class Predictor:
     def __init__(self, model_dir: str, backend: str = "onnxruntime", device: str = "cpu",
-                 threads: Optional[int] = None, precision: Optional[str] = None):
-        """`precision` only matters for tensorrt (fp32 | fp16 | int8; default from deploy.yaml)."""
+                 threads: Optional[int] = None, precision: Optional[str] = None, spinning: bool = True):
+        """`precision` only matters for tensorrt (fp32 | fp16 | int8; default from deploy.yaml);
+        `spinning=False` lets onnxruntime's idle threads sleep (for several models sharing the cores)."""
         manifest = load_manifest(model_dir)  # refuses files that do not match their SHA-256
-        engine = create_backend(manifest, model_dir, backend, device, threads, precision)
+        engine = create_backend(manifest, model_dir, backend, device, threads, precision, spinning)
         self._setup(model_dir, manifest, engine, backend, device)
 
     @classmethod

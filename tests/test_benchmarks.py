@@ -64,7 +64,7 @@ def test_report_has_every_section_and_only_measured_ratios(suite_results):
 
     text = open(os.path.join(suite_results["out"], "README.md")).read()
     for heading in ("## Host peak", "## Key ratios", "## Head:", "## Latency, FPS and efficiency",
-                    "## Where the time goes", "## What onnxruntime runs", "## BF16"):
+                    "## Where the time goes", "## What onnxruntime runs"):
         assert heading in text
     assert report.NA_UNTRAINED in text
     assert all(os.path.getsize(p) > 0 for p in suite_results["written"])
@@ -86,6 +86,25 @@ def test_profile_splits_the_time_by_operator(suite_results):
         assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0)
         ops = {o["op"] for o in prof["ops"]}
         assert ("QLinearConv" in ops) == ("int8" in name) and ("ArgMax" in ops) == ("lowres" not in name)
+
+
+def test_gpu_paths_start_or_leave_a_note(suite_results, tmp_path):
+    """`run.py --device gpu`: every GPU path is timed where it starts, else noted (here: no CUDA, no
+    tensorrt, a CPU-only paddlepaddle), never timed on the CPU in its place."""
+    import gpu
+    import numpy as np
+    import paddle
+    import run as suite
+
+    weights = suite.variants.random_checkpoint("ddrnet23_slim", str(tmp_path / "w"))
+    frames = suite.variants.calibration_frames(2, HW, None)
+    art = gpu.build(weights, HW, frames, str(tmp_path / "gpu"))
+    tensor = np.zeros((1, 3) + HW, np.float32)
+    subjects, notes = gpu.subjects(art, tensor, {"model": "ddrnet23_slim", "hw": list(HW), "threads": "gpu"})
+    keys = [key for key, _, _, _ in gpu._openers(art)]
+    assert sorted([s.labels["format"] for s in subjects] + list(notes)) == sorted(keys)
+    if not paddle.device.is_compiled_with_cuda():
+        assert "paddle_gpu_fp32" in notes and "no CUDA support" in notes["paddle_gpu_fp32"]
 
 
 def test_peak_measures_both_precisions(suite_results):

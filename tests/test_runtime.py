@@ -351,12 +351,17 @@ def test_onnxruntime_gpu_without_cuda_provider_is_a_clear_error(fixed_dir):
         Predictor(fixed_dir, device="gpu")
 
 
-def test_threads_option_reaches_onnxruntime(fixed_dir):
+def test_threads_and_spinning_options_reach_onnxruntime(fixed_dir):
     from ddrnet.runtime import Predictor
 
     predictor = Predictor(fixed_dir, threads=1)
-    assert predictor.backend._session.get_session_options().intra_op_num_threads == 1
+    options = predictor.backend._session.get_session_options()
+    assert options.intra_op_num_threads == 1
     assert predictor.backend.providers == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError):  # not set: onnxruntime's default, spinning on
+        options.get_session_config_entry("session.intra_op.allow_spinning")
+    quiet = Predictor(fixed_dir, threads=2, spinning=False).backend._session.get_session_options()
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def _gpu_available() -> bool:
@@ -406,6 +411,21 @@ def test_paddle_backend_matches_onnxruntime(tmp_path):
     for frame in frames:
         np.testing.assert_array_equal(paddle_predictor(frame), onnx_predictor(frame))
     assert [m.shape for m in paddle_predictor.predict_batch(frames)] == [(12, 20)] * 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("paddle") is None, reason="paddlepaddle not installed")
+def test_paddle_gpu_on_a_cpu_only_wheel_is_a_clear_error(tmp_path):
+    """A CPU-only paddlepaddle ignores enable_use_gpu with a log line: without the check the 'GPU' run
+    would quietly be a CPU run."""
+    import paddle
+
+    from ddrnet.runtime import Predictor
+
+    if paddle.device.is_compiled_with_cuda():
+        pytest.skip("this paddlepaddle has CUDA")
+    model_dir = add_paddle_model(make_model_dir(str(tmp_path / "m"), shape=(-1, 3, -1, -1)))
+    with pytest.raises(DDRNetError, match="this paddlepaddle has no CUDA support"):
+        Predictor(model_dir, backend="paddle", device="gpu")
 
 
 # -- visualisation -----------------------------------------------------------------------------
