@@ -38,7 +38,7 @@ def build(weights: str, hw: Tuple[int, int], frames: List[np.ndarray], folder: s
     return art
 
 
-def _openers(art: GpuArtifacts) -> List[Tuple[str, str, str, Callable[[], object]]]:
+def openers(art: GpuArtifacts) -> List[Tuple[str, str, str, Callable[[], object]]]:
     """(format key, label, precision, backend factory) for every GPU path."""
     from ddrnet.runtime.backends import OnnxRuntimeBackend, PaddleInferenceBackend, TensorRTBackend
 
@@ -59,7 +59,7 @@ def subjects(art: GpuArtifacts, tensor: np.ndarray, base: Dict[str, object]
              ) -> Tuple[List[timing.Subject], Dict[str, str]]:
     """The timed subjects that could start, and a note for each one that could not."""
     found, notes = [], {}  # type: List[timing.Subject], Dict[str, str]
-    for key, label, precision, open_backend in _openers(art):
+    for key, label, precision, open_backend in openers(art):
         try:
             backend = open_backend()
         except Exception as err:  # noqa: BLE001  any start failure is reported, not timed

@@ -125,18 +125,24 @@ def latency_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _ratio_columns(rows: Sequence[dict], columns: Sequence[tuple]) -> str:
+    """One line per (model, input, threads) group, one column per (header, ratios() key)."""
+    lines = ["| Model | Input | Threads | " + " | ".join(header for header, _ in columns) + " |",
+             "|---|---|---|" + "---:|" * len(columns)]
+    for key in groups(rows):
+        r = ratios(rows, key)
+        lines.append("| {} | {}x{} | {} | ".format(key[0], key[1][0], key[1][1], key[2])
+                     + " | ".join(_fmt(r[name], "{:.2f}x") for _, name in columns) + " |")
+    return "\n".join(lines)
+
+
 def head_table(results: dict) -> str:
     """End-to-end ratios (Predictor: frame in, mask out) with the graph's argmax head and with the runtime's
     upsample + argmax of lowres_logits."""
-    rows = results["latency"]
-    lines = ["| Model | Input | Threads | INT8 / FP32, argmax head | INT8 / FP32, runtime head | runtime head gain "
-             "FP32 | runtime head gain INT8 |", "|---|---|---|---:|---:|---:|---:|"]
-    for key in groups(rows):
-        r = ratios(rows, key)
-        lines.append("| {} | {}x{} | {} | {} | {} | {} | {} |".format(
-            key[0], key[1][0], key[1][1], key[2], *[_fmt(r[k], "{:.2f}x") for k in (
-                "int8_vs_fp32_end_to_end", "int8_vs_fp32_lowres_end_to_end", "lowres_gain_fp32", "lowres_gain_int8")]))
-    return "\n".join(lines)
+    return _ratio_columns(results["latency"], (
+        ("INT8 / FP32, argmax head", "int8_vs_fp32_end_to_end"),
+        ("INT8 / FP32, runtime head", "int8_vs_fp32_lowres_end_to_end"),
+        ("runtime head gain FP32", "lowres_gain_fp32"), ("runtime head gain INT8", "lowres_gain_int8")))
 
 
 def profile_table(results: dict, top: int = 5) -> str:
@@ -152,18 +158,12 @@ def profile_table(results: dict, top: int = 5) -> str:
 
 
 def ratio_table(results: dict) -> str:
-    rows = results["latency"]
-    lines = ["| Model | Input | Threads | INT8 ours / ONNX FP32 | ours vs quantize_static | quantize_static / FP32 | "
-             "ONNX FP32 vs Paddle FP32 | Predictor / raw run | pruned 30 % / FP32 | Paddle INT8 / FP32 |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for key in groups(rows):
-        r = ratios(rows, key)
-        lines.append("| {} | {}x{} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            key[0], key[1][0], key[1][1], key[2], *[_fmt(r[k], "{:.2f}x") for k in (
-                "int8_ours_vs_onnx_fp32", "int8_ours_vs_quantize_static", "quantize_static_vs_onnx_fp32",
-                "onnx_fp32_vs_paddle_fp32", "predictor_overhead", "pruned30_vs_onnx_fp32",
-                "paddle_int8_qat_vs_paddle_fp32")]))
-    return "\n".join(lines)
+    return _ratio_columns(results["latency"], (
+        ("INT8 ours / ONNX FP32", "int8_ours_vs_onnx_fp32"),
+        ("ours vs quantize_static", "int8_ours_vs_quantize_static"),
+        ("quantize_static / FP32", "quantize_static_vs_onnx_fp32"),
+        ("ONNX FP32 vs Paddle FP32", "onnx_fp32_vs_paddle_fp32"), ("Predictor / raw run", "predictor_overhead"),
+        ("pruned 30 % / FP32", "pruned30_vs_onnx_fp32"), ("Paddle INT8 / FP32", "paddle_int8_qat_vs_paddle_fp32")))
 
 
 def peak_table(results: dict) -> str:

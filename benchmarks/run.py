@@ -326,9 +326,9 @@ def run(args: argparse.Namespace) -> int:
     qat = {_model_of(args.qat_weights): args.qat_weights} if args.qat_weights else {}
     data_root = args.data_root  # calibration images; mIoU only for the trained model
     work = tempfile.mkdtemp(prefix="ddrnet-bench-")
-    results = {"command": " ".join([os.path.relpath(sys.executable, ROOT)] + sys.argv), "mode":
-               ("quick" if args.quick else "full") + (", gpu" if args.device == "gpu" else ""), "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-               "host": host_info(), "trained_weights": trained, "qat_weights": qat, "data_root": data_root}
+    mode = ("quick" if args.quick else "full") + (", gpu" if args.device == "gpu" else "")
+    results = {"command": " ".join([os.path.relpath(sys.executable, ROOT)] + sys.argv), "mode": mode,
+               "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "host": host_info(), "trained_weights": trained, "qat_weights": qat, "data_root": data_root}
     try:
         print("host peak (numpy sgemm, onnxruntime MatMul / MatMulInteger) ...")
         results["peak"] = peak.measure_peaks(plan.threads, plan.peak_n, plan.peak_reps)

@@ -101,7 +101,7 @@ def test_gpu_paths_start_or_leave_a_note(suite_results, tmp_path):
     art = gpu.build(weights, HW, frames, str(tmp_path / "gpu"))
     tensor = np.zeros((1, 3) + HW, np.float32)
     subjects, notes = gpu.subjects(art, tensor, {"model": "ddrnet23_slim", "hw": list(HW), "threads": "gpu"})
-    keys = [key for key, _, _, _ in gpu._openers(art)]
+    keys = [key for key, _, _, _ in gpu.openers(art)]
     assert sorted([s.labels["format"] for s in subjects] + list(notes)) == sorted(keys)
     if not paddle.device.is_compiled_with_cuda():
         assert "paddle_gpu_fp32" in notes and "no CUDA support" in notes["paddle_gpu_fp32"]
