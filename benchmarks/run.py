@@ -328,7 +328,8 @@ def run(args: argparse.Namespace) -> int:
     work = tempfile.mkdtemp(prefix="ddrnet-bench-")
     mode = ("quick" if args.quick else "full") + (", gpu" if args.device == "gpu" else "")
     results = {"command": " ".join([os.path.relpath(sys.executable, ROOT)] + sys.argv), "mode": mode,
-               "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "host": host_info(), "trained_weights": trained, "qat_weights": qat, "data_root": data_root}
+               "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "host": host_info(), "trained_weights": trained,
+               "qat_weights": qat, "data_root": data_root}
     try:
         print("host peak (numpy sgemm, onnxruntime MatMul / MatMulInteger) ...")
         results["peak"] = peak.measure_peaks(plan.threads, plan.peak_n, plan.peak_reps)
