@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import logging
 import os
 import sys
 import traceback
@@ -29,6 +31,17 @@ COMMANDS = {
 }
 
 
+# commands that train or convert with Paddle: a runtime-only install (`pip install .[runtime]`) lacks it
+NEEDS_TRAIN_EXTRA = ("demo", "data", "train", "convert-weights", "compress", "export")
+TRAIN_EXTRA_HINT = "pip install -c constraints.txt -e '.[train]'"
+# libraries whose own internal warnings are hidden from users (PYTHONWARNINGS turns them back on)
+QUIET_MODULES = r"(paddle|paddleslim|paddle2onnx|pkg_resources|setuptools|visualdl)(\.|$)"
+
+
+def has_train_extra() -> bool:
+    return importlib.util.find_spec("paddle") is not None
+
+
 def build_parser(argv: List[str]) -> argparse.ArgumentParser:
     from ddrnet import __version__
 
@@ -41,10 +54,16 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
     sub.required = True
     # Only the chosen subcommand's module is imported; for plain `ddrnet --help` none are.
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    train_extra = has_train_extra()
     for name, (module, help_line) in COMMANDS.items():
+        if name in NEEDS_TRAIN_EXTRA and not train_extra:
+            help_line += " [needs the train extra: {}]".format(TRAIN_EXTRA_HINT)
         p = sub.add_parser(name, help=help_line, description=help_line,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        if name == chosen:
+        if name == chosen and name in NEEDS_TRAIN_EXTRA and not train_extra:
+            p.set_defaults(_run=_missing_train_extra)
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        elif name == chosen:
             mod = importlib.import_module(module)
             if mod.__doc__:
                 p.description = mod.__doc__
@@ -53,16 +72,39 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_train_extra(args: argparse.Namespace) -> int:
+    from ddrnet.runtime.errors import DDRNetError
+
+    raise DDRNetError("this command needs Paddle, which this install lacks (a runtime-only install): "
+                      "{}".format(TRAIN_EXTRA_HINT))
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Library modules log to `ddrnet.*` loggers; the CLI shows their messages as plain lines on
+    stderr. Ranks other than 0 of a distributed run only show warnings."""
+    rank = int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0)
+    level = logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING
+    logger = logging.getLogger("ddrnet")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from ddrnet.runtime.errors import DDRNetError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO lines, set before paddle loads
     # Paddle, PaddleSlim and setuptools warn about their own internals on every run; a user sees
-    # one-line errors and progress bars, not those (PYTHONWARNINGS still turns them back on).
+    # one-line errors and progress bars, not those. Warnings from anything else, ours included,
+    # still show (PYTHONWARNINGS overrides all of this).
     if not sys.warnoptions:
-        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", module=QUIET_MODULES)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+    configure_logging()
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args._run(args) or 0)
