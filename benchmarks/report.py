@@ -2,27 +2,14 @@
 comes from the results dict, and a figure that was not measured is shown as "n/a" with the reason)."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Optional, Sequence
 
 from timing import only
 
+from ddrnet.runtime.fileio import atomic_path, write_text
+
 NA_UNTRAINED = "n/a (untrained)"
-
-
-def write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def host_line(results: dict) -> str:
@@ -32,18 +19,24 @@ def host_line(results: dict) -> str:
 
 
 def load_range(results: dict) -> str:
-    loads = [row["load_average_after"][0] for row in results.get("latency", []) if "load_average_after" in row]
+    loads = [row["load_average_after"][0] for row in results.get("latency", []) if row.get("load_average_after")]
     return "{:.1f} to {:.1f}".format(min(loads), max(loads)) if loads else "not recorded"
 
 
 def _peak_gmacs(results: dict, precision: str, threads: int) -> Optional[float]:
-    """The best measured GEMM rate at `threads`: onnxruntime's (Integer)MatMul, and for FP32 at all
-    cores also numpy's sgemm (its BLAS uses every core)."""
+    """The best measured GEMM rate for `precision` at `threads`: onnxruntime's (Integer)MatMul and
+    OpenVINO's MatMul in that precision, and for FP32 at all cores also numpy's sgemm (its BLAS uses
+    every core). A BF16 row is held against the BF16 peak (AMX), an INT8 one against the integer peak."""
     peak = results["peak"]
+    openvino = peak.get("openvino") or {}
+    key = str(threads)
+    found = [(openvino.get(precision) or {}).get(key)]
     if precision == "int8":
-        return peak["int8_gmacs"].get(str(threads))
-    at_all_cores = peak["numpy_sgemm_gmacs"] if threads == results["host"]["cores"] else None
-    found = [g for g in (peak["fp32_gmacs"].get(str(threads)), at_all_cores) if g]
+        found.append(peak["int8_gmacs"].get(key))
+    elif precision == "fp32":
+        found += [peak["fp32_gmacs"].get(key), peak["numpy_sgemm_gmacs"] if threads == results["host"]["cores"]
+                  else None]
+    found = [g for g in found if g]
     return max(found) if found else None
 
 
@@ -90,7 +83,23 @@ def ratios(rows: Sequence[dict], key: tuple) -> Dict[str, Optional[float]]:
             "int8_vs_fp32_end_to_end": ratio("predictor_fp32", "predictor_int8_ours"),
             "int8_vs_fp32_lowres_end_to_end": ratio("predictor_fp32_lowres", "predictor_int8_lowres"),
             "lowres_gain_fp32": ratio("predictor_fp32", "predictor_fp32_lowres"),
-            "lowres_gain_int8": ratio("predictor_int8_ours", "predictor_int8_lowres")}
+            "lowres_gain_int8": ratio("predictor_int8_ours", "predictor_int8_lowres"),
+            # OpenVINO: raw runs against onnxruntime FP32, and end to end (the issue's targets)
+            "openvino_fp32_vs_onnx_fp32": ratio("onnx_fp32", "openvino_fp32"),
+            "openvino_bf16_vs_onnx_fp32": ratio("onnx_fp32", "openvino_bf16"),
+            "nncf_vs_onnx_fp32": ratio("onnx_fp32", "openvino_int8_nncf"),
+            "openvino_on_ours_vs_nncf": ratio("openvino_int8_nncf", "openvino_int8_ours"),
+            "openvino_ours_vs_onnx_fp32_end_to_end": ratio("predictor_fp32", "predictor_openvino_int8_lowres"),
+            "openvino_ours_vs_nncf_end_to_end": ratio("predictor_openvino_int8_nncf", "predictor_openvino_int8_lowres"),
+            "openvino_fp32_export_vs_onnx_fp32_end_to_end": ratio("predictor_fp32", "predictor_openvino_fp32"),
+            "predictor_overhead_openvino": (lambda a, b: a / b if a and b else None)(
+                _p50(rows, key, "predictor_openvino_int8_nncf"), _p50(rows, key, "openvino_int8_nncf"))}
+
+
+def fastest_end_to_end(rows: Sequence[dict], key: tuple) -> Optional[dict]:
+    """The fastest row of a group that goes frame in, mask out (the Predictor rows)."""
+    e2e = [r for r in rows if (r["model"], tuple(r["hw"]), r["threads"]) == key and r["format"].startswith("predictor")]
+    return min(e2e, key=lambda r: r["latency_ms"]["p50"]) if e2e else None
 
 
 def _fmt(value: Optional[float], spec: str = "{:.2f}", missing: str = "-") -> str:
@@ -102,7 +111,9 @@ def _miou(results: dict, row: dict) -> str:
     found = results.get("miou", {}).get(key)
     if not found:
         return NA_UNTRAINED
-    same_model = {"predictor_fp32": "onnx_fp32", "predictor_int8_ours": "onnx_int8_ours"}
+    same_model = {"predictor_fp32": "onnx_fp32", "predictor_int8_ours": "onnx_int8_ours",
+                  "openvino_int8_nncf": "predictor_openvino_int8_nncf",
+                  "openvino_bf16": "predictor_openvino_fp32"}  # the default precision where BF16 exists
     value = found.get(same_model.get(row["format"], row["format"]))
     return _fmt(value, "{:.4f}", "not evaluated")
 
@@ -118,7 +129,7 @@ def latency_table(results: dict) -> str:
             eff = efficiency(results, row)
             lines.append("| {} | {}x{} | {} | {} | {} | {:.1f} | {:.1f} | {:.2f} | {:.1f} | {} | {} | {} | {} |".format(
                 row["model"], row["hw"][0], row["hw"][1], row["threads"], row["format_label"], row["precision"],
-                row["latency_ms"]["p50"], row["latency_ms"]["p99"], row["fps"], achieved_gmacs(row),
+                row["latency_ms"]["p50"], row["latency_ms"]["p99"], row["fps_p50"], achieved_gmacs(row),
                 _fmt(None if eff is None else 100 * eff, "{:.0f} %"),
                 _fmt(base / row["latency_ms"]["p50"] if base else None, "{:.2f}x"), _miou(results, row),
                 row["iterations"]))
@@ -172,8 +183,10 @@ def peak_table(results: dict) -> str:
              "|---|---:|---:|---:|",
              "| numpy sgemm {n}x{n}x{n} (BLAS, all cores) | - | {:.1f} | {:.1f} |".format(
                  p["numpy_sgemm_gmacs"], 2 * p["numpy_sgemm_gmacs"], n=p["n"])]
-    for name, table in (("onnxruntime MatMul FP32", p["fp32_gmacs"]), ("onnxruntime MatMulInteger u8 x s8",
-                                                                       p["int8_gmacs"])):
+    tables = [("onnxruntime MatMul FP32", p["fp32_gmacs"]), ("onnxruntime MatMulInteger u8 x s8", p["int8_gmacs"])]
+    labels = {"fp32": "OpenVINO MatMul FP32", "bf16": "OpenVINO MatMul BF16", "int8": "OpenVINO Q/DQ MatMul u8 x i8"}
+    tables += [(labels[kind], table) for kind, table in (p.get("openvino") or {}).items()]
+    for name, table in tables:
         for threads, gmacs in table.items():
             lines.append("| {} {n}x{n}x{n} | {} | {:.1f} | {:.1f} |".format(name, threads, gmacs, 2 * gmacs, n=p["n"]))
     return "\n".join(lines)
@@ -196,18 +209,19 @@ def graph_table(results: dict) -> str:
 
 
 def bf16_table(results: dict) -> str:
-    lines = ["| Model | Input | Threads | FP32 p50 ms | BF16 p50 ms | BF16 speed-up | argmax agreement | weights |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| Model | Input | Threads | FP32 p50 ms | BF16 p50 ms | BF16 speed-up | argmax agreement | weights | "
+             "OpenVINO BF16 vs FP32 agreement |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for key, entry in results.get("bf16", {}).items():
         if "skipped" in entry:
             lines.append("| {} | skipped: {} |||||||".format(key, entry["skipped"]))
             continue
         fp32 = only(entry["rows"], precision="fp32")
         bf16 = only(entry["rows"], precision="bf16")
-        lines.append("| {} | {}x{} | {} | {:.1f} | {:.1f} | {:.2f}x | {:.2%} | {} |".format(
+        lines.append("| {} | {}x{} | {} | {:.1f} | {:.1f} | {:.2f}x | {:.2%} | {} | {} |".format(
             fp32["model"], fp32["hw"][0], fp32["hw"][1], fp32["threads"], fp32["latency_ms"]["p50"],
             bf16["latency_ms"]["p50"], fp32["latency_ms"]["p50"] / bf16["latency_ms"]["p50"],
-            entry["argmax_agreement_bf16_vs_fp32"], entry["weights"]))
+            entry["argmax_agreement_bf16_vs_fp32"], entry["weights"],
+            _fmt(entry.get("openvino_argmax_agreement_bf16_vs_fp32"), "{:.2%}")))
     return "\n".join(lines)
 
 
@@ -228,16 +242,47 @@ def training_table(results: dict) -> str:
 
 
 def summary(results: dict) -> str:
-    """The key ratios, one line per timed group, for the terminal."""
+    """The key ratios, one line per timed group, for the terminal, and what wins end to end."""
     lines = ["host: " + host_line(results)]
     for key in groups(results["latency"]):
         r = ratios(results["latency"], key)
-        lines.append("{} {}x{} {}: INT8 ours/FP32 {}  ours vs quantize_static {}  Predictor/raw {}  "
-                     "ONNX vs Paddle FP32 {}  end to end INT8/FP32 with runtime head {}".format(
-                         key[0], key[1][0], key[1][1], "t{}".format(key[2]) if isinstance(key[2], int) else key[2],
-                         *[_fmt(r[k], "{:.2f}x") for k in (
-                             "int8_ours_vs_onnx_fp32", "int8_ours_vs_quantize_static", "predictor_overhead",
-                             "onnx_fp32_vs_paddle_fp32", "int8_vs_fp32_lowres_end_to_end")]))
+        group = "{} {}x{} {}".format(key[0], key[1][0], key[1][1],
+                                     "t{}".format(key[2]) if isinstance(key[2], int) else key[2])
+        lines.append("{}: INT8 ours/FP32 {}  ours vs quantize_static {}  Predictor/raw {}  ONNX vs Paddle FP32 {}  "
+                     "end to end INT8/FP32 with runtime head {}".format(group, *[_fmt(r[k], "{:.2f}x") for k in (
+                         "int8_ours_vs_onnx_fp32", "int8_ours_vs_quantize_static", "predictor_overhead",
+                         "onnx_fp32_vs_paddle_fp32", "int8_vs_fp32_lowres_end_to_end")]))
+        best = fastest_end_to_end(results["latency"], key)
+        base = _p50(results["latency"], key, "predictor_fp32")
+        if best and base:
+            lines.append("{}: fastest end to end {} ({}) {:.1f} ms = {:.2f}x onnxruntime FP32; OpenVINO INT8 ours vs "
+                         "NNCF peer {}".format(group, best["format_label"], best["precision"],
+                                               best["latency_ms"]["p50"], base / best["latency_ms"]["p50"],
+                                               _fmt(r["openvino_ours_vs_nncf_end_to_end"], "{:.2f}x")))
+    return "\n".join(lines)
+
+
+def openvino_table(results: dict) -> str:
+    """The fastest-CPU-path targets per group: ours (OpenVINO-shaped INT8, runtime head) end to end against
+    onnxruntime FP32 (>= 5x) and OpenVINO + NNCF INT8 (>= 1.2x), with the rest of the OpenVINO ratios."""
+    rows = results["latency"]
+    lines = ["| Model | Input | Threads | fastest end to end (p50 ms) | vs onnxruntime FP32 | ours vs ONNX FP32 "
+             "(target 5x) | ours vs NNCF peer (target 1.2x) | FP32 export in OpenVINO vs ONNX FP32 | OpenVINO BF16 "
+             "raw vs ONNX FP32 raw | NNCF raw vs ONNX FP32 raw | Predictor / raw (OpenVINO) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in groups(rows):
+        r = ratios(rows, key)
+        best = fastest_end_to_end(rows, key)
+        base = _p50(rows, key, "predictor_fp32")
+        lines.append("| {} | {}x{} | {} | {} | {} | ".format(
+            key[0], key[1][0], key[1][1], key[2],
+            "{} ({}) {:.1f}".format(best["format_label"], best["precision"], best["latency_ms"]["p50"])
+            if best else "-",
+            _fmt(base / best["latency_ms"]["p50"] if best and base else None, "{:.2f}x"))
+            + " | ".join(_fmt(r[k], "{:.2f}x") for k in (
+                "openvino_ours_vs_onnx_fp32_end_to_end", "openvino_ours_vs_nncf_end_to_end",
+                "openvino_fp32_export_vs_onnx_fp32_end_to_end", "openvino_bf16_vs_onnx_fp32", "nncf_vs_onnx_fp32",
+                "predictor_overhead_openvino")) + " |")
     return "\n".join(lines)
 
 
@@ -261,11 +306,14 @@ def markdown(results: dict, plots: Sequence[str]) -> str:
                                                                             results["data_root"])),
         "- QAT checkpoint: " + (", ".join(results["qat_weights"].values()) if results["qat_weights"]
                                 else "none given, so no Paddle INT8 (oneDNN) rows"),
-        "- Method: within each (model, input, threads) group every format runs once per round, round-robin, "
+        "- Method: within each (model, input, threads) group every format runs once per round, in an order that "
+        "rotates from round to round, "
         "after 2 warm-up rounds; latency is wall time of one `run` on a prepared tensor (the Predictor row: "
-        "BGR frame in, mask out); p50/p99 over the rounds; FPS = 1000 / p50. MACs counted on the network "
-        "(`count_macs`); % of peak = achieved MAC/s over the best same-thread GEMM rate below (FP32: "
-        "onnxruntime MatMul, or numpy sgemm at all cores if higher; INT8: onnxruntime MatMulInteger). Peaks "
+        "BGR frame in, mask out); p50/p99 over the rounds; FPS = 1000 / p50 (`fps_p50`; the JSON also has "
+        "`fps_mean` = 1000 / mean). MACs counted on the network (`count_macs`); % of peak = achieved MAC/s over the "
+        "best same-thread GEMM rate below for the row's precision (FP32: onnxruntime or OpenVINO MatMul, or numpy "
+        "sgemm at all cores if higher; BF16: OpenVINO MatMul BF16; INT8: onnxruntime MatMulInteger or OpenVINO's "
+        "Q/DQ MatMul). Peaks "
         "are best-of-N; onnxruntime sessions use the runtime backend's options with thread spinning off, and Paddle's "
         "OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0): a pool left spinning after its "
         "run takes the cores from the next subject of the round. The lowres_logits rows are "
@@ -276,8 +324,14 @@ def markdown(results: dict, plots: Sequence[str]) -> str:
         "## Key ratios (p50, same interleaved loop; >1 means the first named is faster)", "", ratio_table(results), "",
         "## Head: graph argmax vs runtime upsample + argmax (`--output-op lowres_logits`), end to end", "",
         head_table(results), "",
-        "## Latency, FPS and efficiency", "", latency_table(results), "",
     ]
+    if any(row["format"].startswith(("openvino", "predictor_openvino")) for row in results["latency"]):
+        parts += ["## OpenVINO and the fastest CPU path (end to end: BGR frame in, mask out; p50)", "",
+                  "Ours = the `lowres_logits` export quantized for OpenVINO (export/openvino_int8.py) with the runtime "
+                  "head; the peer = OpenVINO on NNCF's `nncf.quantize` of the default (argmax) FP32 ONNX, same "
+                  "calibration frames. BF16 rows hold against the BF16 peak, INT8 rows against the best INT8 peak.",
+                  "", openvino_table(results), ""]
+    parts += ["## Latency, FPS and efficiency", "", latency_table(results), ""]
     if results.get("profile"):
         parts += ["## Where the time goes (onnxruntime profiler, per operator type)", "", profile_table(results), ""]
     if "gpu" in results["mode"]:
@@ -317,7 +371,7 @@ def plot_latency(results: dict, path: str) -> None:
             fps = []
             for model in models:
                 row = only(rows, model=model, hw=list(hw), threads=threads, format=fmt)
-                fps.append(row["fps"] if row else 0.0)
+                fps.append(row["fps_p50"] if row else 0.0)
             label = next(r["format_label"] for r in rows if r["format"] == fmt)
             ax.bar(np.arange(len(models)) + i * width, fps, width, label=label)
         ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2)
@@ -358,10 +412,11 @@ def plot_efficiency(results: dict, path: str) -> None:
 def _save_fig(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def write(results: dict, out: str) -> List[str]:
@@ -372,5 +427,5 @@ def write(results: dict, out: str) -> List[str]:
             draw(results, os.path.join(out, name))
             plots.append(os.path.join(out, name))
     readme = os.path.join(out, "README.md")
-    _write_text(readme, markdown(results, plots))
+    write_text(readme, markdown(results, plots))
     return [readme] + plots

@@ -1,10 +1,12 @@
 """The benchmark suite (`make bench`, `make bench-quick`): latency / FPS / efficiency per model, format,
-resolution and thread count, the host's peak measured in the same run, BF16 through oneDNN, and
-training throughput against PaddleSeg's own trainer. Writes JSON, a Markdown report and PNG plots.
+backend (onnxruntime, OpenVINO, Paddle Inference), resolution and thread count, the host's peaks (FP32,
+BF16, INT8) measured in the same run, BF16 through oneDNN and OpenVINO, and training throughput against
+PaddleSeg's own trainer. Writes JSON, a Markdown report and PNG plots.
 
     python benchmarks/run.py            # full: 3 models x 2 resolutions x 1/2 threads (~30 min, 2 cores)
     python benchmarks/run.py --quick    # smoke: ddrnet23_slim, 256x512, 2 threads (~1 min)
     python benchmarks/run.py --device gpu   # every GPU path of the runtime (see gpu.py)
+    python benchmarks/run.py --models ddrnet23_slim,ddrnet23 --skip-training   # the fastest-CPU-path tables
 
 Without trained weights every network is randomly initialised: speed does not depend on the
 weights, and the mIoU column then says so rather than showing a number. `--weights` (a trained
@@ -40,6 +42,10 @@ import report  # noqa: E402
 import timing  # noqa: E402
 import training  # noqa: E402
 import variants  # noqa: E402
+
+from ddrnet.runtime.backends import installed  # noqa: E402
+from ddrnet.runtime.fileio import write_json  # noqa: E402
+from ddrnet.runtime.timing import measure_for  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -108,8 +114,12 @@ class Artifacts:
         self.plain = os.path.join(folder, "int8_quantize_static.onnx")
         self.pruned_dir = os.path.join(folder, "pruned_fp32")
         self.fp32_lowres_dir = os.path.join(folder, "fp32_lowres")  # output op lowres_logits
-        self.ours_lowres = os.path.join(folder, "int8_ours_lowres.onnx")
+        # the exporter's default INT8 export (variants.export_default_int8): what users get
+        self.default_int8_dir = os.path.join(folder, "int8_default")
+        self.ours_lowres = os.path.join(self.default_int8_dir, "model.onnx")
         self.qat_dir = os.path.join(folder, "qat_int8")  # only with a QAT checkpoint
+        self.nncf = os.path.join(folder, "int8_nncf.onnx")  # OpenVINO's peer: NNCF of the FP32 (argmax) ONNX
+        self.openvino_lowres = os.path.join(self.default_int8_dir, "model.openvino.onnx")  # ours, for OpenVINO
         self.notes = {}  # type: Dict[str, str]
         self.quantization = {}  # type: Dict[str, dict]
 
@@ -125,7 +135,13 @@ def build_artifacts(model: str, hw: Tuple[int, int], weights: str, pruned: str, 
         art.quantization[name]["optimized_graph"] = variants.optimized_graph(path)
     variants.export_fp32(pruned, art.pruned_dir, hw, formats=("onnx",))
     variants.export_fp32(weights, art.fp32_lowres_dir, hw, formats=("onnx",), output_op="lowres_logits")
-    art.quantization["ours_lowres"] = variants.quantize_ours(art.fp32_lowres_dir, frames, art.ours_lowres)
+    calib_dir = data_root or variants.frames_dir(frames, os.path.join(folder, "calib"))
+    default = variants.export_default_int8(qat or weights, art.default_int8_dir, hw, calib_dir, calib_num)
+    quantization = dict(default["quantization"], parity=default["parity"])
+    art.quantization["openvino_lowres"] = quantization.pop("openvino")
+    art.quantization["ours_lowres"] = quantization
+    if installed("openvino"):
+        art.quantization["nncf"] = variants.quantize_nncf(art.fp32_dir, frames, art.nncf)
     if qat:
         try:
             variants.export_qat_int8(qat, art.qat_dir, hw, data_root, calib_num)
@@ -145,9 +161,25 @@ FORMATS = (  # key, label, precision
     ("onnx_int8_qat", "ONNX INT8 (ours, QAT weights)", "int8"),
     ("predictor_int8_ours", "ONNX INT8 (ours) via runtime Predictor", "int8"),
     ("predictor_fp32_lowres", "ONNX lowres_logits + runtime head (Predictor)", "fp32"),
-    ("predictor_int8_lowres", "ONNX INT8 (ours) lowres_logits + runtime head (Predictor)", "int8"),
+    ("predictor_int8_lowres", "ONNX INT8 (ours: the default export's model.onnx) lowres_logits + runtime head "
+                              "(Predictor)", "int8"),
+    ("openvino_fp32", "OpenVINO FP32", "fp32"),
+    ("openvino_bf16", "OpenVINO BF16 (FP32 ONNX)", "bf16"),
+    ("openvino_int8_ours", "OpenVINO on ONNX INT8 (ours, onnxruntime-shaped)", "int8"),
+    ("openvino_int8_nncf", "OpenVINO on NNCF INT8", "int8"),
+    ("predictor_openvino_fp32", "OpenVINO, default precision, via runtime Predictor (end to end)", "auto"),
+    ("predictor_openvino_int8_nncf", "OpenVINO + NNCF INT8 via runtime Predictor: the peer", "int8"),
+    ("predictor_openvino_lowres", "OpenVINO, default precision, lowres_logits + runtime head (Predictor)", "auto"),
+    ("predictor_openvino_int8_lowres", "OpenVINO INT8 (ours: the default export's model.openvino.onnx) "
+                                       "lowres_logits + runtime head (Predictor)", "int8"),
 )
 FORMAT_LABEL = {key: (label, precision) for key, label, precision in FORMATS}
+
+
+def _labels(art: Artifacts, threads: int, macs: Dict[str, int], key: str) -> dict:
+    label, precision = FORMAT_LABEL[key]
+    return {"model": art.model, "hw": list(art.hw), "threads": threads, "format": key, "format_label": label,
+            "precision": precision, "macs": macs["pruned" if "pruned" in key else "full"]}
 
 
 def subjects_for(art: Artifacts, threads: int, frame: np.ndarray, macs: Dict[str, int]) -> List[timing.Subject]:
@@ -155,9 +187,7 @@ def subjects_for(art: Artifacts, threads: int, frame: np.ndarray, macs: Dict[str
     tensor = predictor.preprocess(frame)
 
     def labels(key: str) -> dict:
-        label, precision = FORMAT_LABEL[key]
-        return {"model": art.model, "hw": list(art.hw), "threads": threads, "format": key, "format_label": label,
-                "precision": precision, "macs": macs["pruned" if "pruned" in key else "full"]}
+        return _labels(art, threads, macs, key)
 
     subjects = [
         timing.paddle_subject(labels("paddle_fp32"), art.fp32_dir, threads, tensor),
@@ -182,6 +212,36 @@ def subjects_for(art: Artifacts, threads: int, frame: np.ndarray, macs: Dict[str
         subjects.append(timing.paddle_subject(labels("paddle_int8_qat"), art.qat_dir, threads, tensor, "int8"))
         subjects.append(timing.onnx_subject(labels("onnx_int8_qat"), os.path.join(art.qat_dir, "model.onnx"),
                                             threads, tensor))
+    if installed("openvino"):
+        subjects += openvino_subjects(art, threads, frame, tensor, labels)
+    return subjects
+
+
+def openvino_subjects(art: Artifacts, threads: int, frame: np.ndarray, tensor: np.ndarray,
+                      labels) -> List[timing.Subject]:
+    """OpenVINO raw runs (FP32, BF16 where the CPU has it, our onnxruntime-shaped INT8, NNCF INT8) and end to
+    end through the Predictor: the default FP32 export in OpenVINO's default precision, the NNCF peer, and the
+    lowres_logits exports (default precision; our OpenVINO-shaped INT8) with the runtime head."""
+    import openvino
+
+    from ddrnet.runtime.openvino_backend import has_bf16
+
+    fp32 = os.path.join(art.fp32_dir, "model.onnx")
+    lowres = os.path.join(art.fp32_lowres_dir, "model.onnx")
+    subjects = [timing.openvino_subject(labels("openvino_fp32"), fp32, threads, tensor, "fp32")]
+    if has_bf16(openvino.Core()):
+        subjects.append(timing.openvino_subject(labels("openvino_bf16"), fp32, threads, tensor, "bf16"))
+    subjects += [
+        timing.openvino_subject(labels("openvino_int8_ours"), art.ours, threads, tensor),
+        timing.openvino_subject(labels("openvino_int8_nncf"), art.nncf, threads, tensor),
+    ]
+    e2e = (("predictor_openvino_fp32", fp32, art.fp32_dir, "fp32"),
+           ("predictor_openvino_int8_nncf", art.nncf, art.fp32_dir, "int8"),
+           ("predictor_openvino_lowres", lowres, art.fp32_lowres_dir, "fp32"),
+           ("predictor_openvino_int8_lowres", art.openvino_lowres, art.fp32_lowres_dir, "int8"))
+    for key, path, model_dir, precision in e2e:
+        predictor = ov_predictor(path, model_dir, threads, precision)
+        subjects.append(timing.predictor_subject(dict(labels(key), precision=predictor.precision), predictor, frame))
     return subjects
 
 
@@ -196,6 +256,20 @@ def ort_predictor(path: str, model_dir: str, threads: Optional[int] = None, prec
     return Predictor.from_backend(OnnxRuntimeBackend(path, "cpu", threads, spinning=False), manifest, path)
 
 
+def ov_predictor(path: str, model_dir: str, threads: Optional[int] = None, precision: str = "fp32"):
+    """The runtime's Predictor over `path` with model_dir's deploy.yaml on the OpenVINO backend as the
+    runtime opens it: default precision (BF16 on AMX / AVX512-BF16 CPUs for the float layers), uint8
+    frames normalised in the graph."""
+    from ddrnet.runtime import Predictor
+    from ddrnet.runtime.manifest import load_manifest
+    from ddrnet.runtime.openvino_backend import OpenVINOBackend
+
+    manifest = dict(load_manifest(model_dir), precision=precision)
+    backend = OpenVINOBackend(path, "cpu", threads, model_precision=precision, cache=False,
+                              frames=manifest["input"])
+    return Predictor.from_backend(backend, manifest, path)
+
+
 def evaluate_all(art: Artifacts, data_root: str, max_images: Optional[int]) -> Dict[str, float]:
     """mIoU of each ONNX variant through the runtime Predictor's pre/post-processing."""
     from ddrnet.runtime import Predictor
@@ -207,6 +281,12 @@ def evaluate_all(art: Artifacts, data_root: str, max_images: Optional[int]) -> D
                   "onnx_int8_quantize_static": ort_predictor(art.plain, fp32, precision="int8"),
                   "predictor_fp32_lowres": Predictor(lowres),
                   "predictor_int8_lowres": ort_predictor(art.ours_lowres, lowres, precision="int8")}
+    if installed("openvino"):
+        predictors.update({"predictor_openvino_fp32": ov_predictor(os.path.join(fp32, "model.onnx"), fp32),
+                           "predictor_openvino_int8_nncf": ov_predictor(art.nncf, fp32, precision="int8"),
+                           "predictor_openvino_lowres": ov_predictor(os.path.join(lowres, "model.onnx"), lowres),
+                           "predictor_openvino_int8_lowres": ov_predictor(art.openvino_lowres, lowres,
+                                                                          precision="int8")})
     found = {key: evaluate_model_dir(p, data_root, "val", False, max_images)["miou"] for key, p in predictors.items()}
     if os.path.isdir(art.qat_dir):
         for key, backend in (("onnx_int8_qat", "onnxruntime"), ("paddle_int8_qat", "paddle")):
@@ -216,20 +296,28 @@ def evaluate_all(art: Artifacts, data_root: str, max_images: Optional[int]) -> D
 
 
 def bf16_rows(art: Artifacts, frame: np.ndarray, plan: Plan, weights_kind: str) -> dict:
-    """Paddle Inference FP32 vs BF16 (oneDNN) interleaved at 2 threads, and their argmax agreement."""
+    """Paddle Inference FP32 vs BF16 (oneDNN) interleaved at 2 threads, and their argmax agreement; OpenVINO's
+    BF16 vs FP32 agreement on the same tensor (its speed is in the latency rows)."""
     from ddrnet.runtime import Predictor
 
     tensor = Predictor(art.fp32_dir).preprocess(frame)
     threads = max(plan.threads)
     base = {"model": art.model, "hw": list(art.hw), "threads": threads}
-    fp32 = timing.PaddleRunner(art.fp32_dir, threads, "fp32")
-    bf16 = timing.PaddleRunner(art.fp32_dir, threads, "bf16")
-    agreement = timing.agreement(fp32(tensor), bf16(tensor))
+    fp32 = timing.paddle_backend(art.fp32_dir, threads, "fp32")
+    bf16 = timing.paddle_backend(art.fp32_dir, threads, "bf16")
+    agreement = timing.agreement(fp32.run(tensor), bf16.run(tensor))
     seconds, low, high = plan.budget(art.model, art.hw)
-    rows = timing.measure([timing.Subject(dict(base, precision="fp32"), lambda: fp32(tensor)),
-                           timing.Subject(dict(base, precision="bf16"), lambda: bf16(tensor))],
-                          seconds / 2, low, high, desc="bf16 " + art.model)
-    return {"rows": rows, "argmax_agreement_bf16_vs_fp32": agreement, "weights": weights_kind}
+    rows = measure_for([timing.Subject(dict(base, precision="fp32"), lambda: fp32.run(tensor)),
+                        timing.Subject(dict(base, precision="bf16"), lambda: bf16.run(tensor))],
+                       seconds / 2, low, high, progress="bf16 " + art.model)
+    found = {"rows": rows, "argmax_agreement_bf16_vs_fp32": agreement, "weights": weights_kind}
+    if installed("openvino"):
+        from ddrnet.runtime.openvino_backend import OpenVINOBackend
+
+        path = os.path.join(art.fp32_dir, "model.onnx")
+        found["openvino_argmax_agreement_bf16_vs_fp32"] = timing.agreement(
+            *[OpenVINOBackend(path, "cpu", threads, p, cache=False).run(tensor) for p in ("fp32", "bf16")])
+    return found
 
 
 def profile_models(art: Artifacts, frame: np.ndarray, threads: int, runs: int) -> Dict[str, dict]:
@@ -246,7 +334,8 @@ def profile_models(art: Artifacts, frame: np.ndarray, threads: int, runs: int) -
 
 def gpu_group(model: str, hw: Tuple[int, int], weights: str, data_root: Optional[str], plan: Plan, work: str,
               results: dict) -> None:
-    """One model at one size through every GPU path that starts on this machine (gpu.py)."""
+    """One model at one size through every GPU path of the runtime (gpu.py): a path this GPU should run and
+    does not, or that disagrees with the CPU, goes into results["failures"]; one it cannot run is a note."""
     from ddrnet.runtime import Predictor
 
     key = "{}@{}x{}".format(model, *hw)
@@ -255,11 +344,13 @@ def gpu_group(model: str, hw: Tuple[int, int], weights: str, data_root: Optional
     art = gpu.build(weights, hw, frames, os.path.join(work, key))
     frame = _frame(hw, data_root)
     base = {"model": model, "hw": list(hw), "threads": "gpu", "macs": variants.model_macs(weights, hw)}
-    subjects, notes = gpu.subjects(art, Predictor(art.fp32_dir).preprocess(frame), base)
+    subjects, notes, failures = gpu.subjects(art, Predictor(art.fp32_dir).preprocess(frame), base)
     results["notes"].update({key + " " + k: v for k, v in notes.items()})
+    results["notes"].update({"FAILED " + key + " " + f.split(":")[0]: f for f in failures})
+    results.setdefault("failures", []).extend(key + " " + f for f in failures)
     if subjects:
         seconds, low, high = plan.budget(model, hw)
-        results["latency"].extend(timing.measure(subjects, seconds, low, high, desc=key + " gpu"))
+        results["latency"].extend(measure_for(subjects, seconds, low, high, progress=key + " gpu"))
 
 
 def _frame(hw: Tuple[int, int], data_root: Optional[str]) -> np.ndarray:
@@ -277,6 +368,8 @@ def _frame(hw: Tuple[int, int], data_root: Optional[str]) -> np.ndarray:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 23-slim, 256x512, 2 threads (~3 min)")
+    parser.add_argument("--models", metavar="NAMES", help="only these of the mode's models, comma-separated "
+                        "(e.g. ddrnet23_slim,ddrnet23 for the OpenVINO targets without ddrnet39)")
     parser.add_argument("--weights", default=_default("demo_out/train/best_model"),
                         help="trained FP32 checkpoint: its model gets mIoU figures (default: the demo's, if any)")
     parser.add_argument("--qat-weights", default=_default("demo_out/qat/best_model"),
@@ -315,6 +408,12 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.runtime.bench import host_info, versions
 
     plan = Plan(args.quick)
+    if args.models:
+        chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = sorted(set(chosen) - set(plan.models))
+        if unknown or not chosen:
+            raise SystemExit("--models {}: choose from {}".format(args.models, ",".join(plan.models)))
+        plan.models = chosen
     out = args.out or os.path.join(HERE, "results", "gpu" if args.device == "gpu" else "",
                                    "quick" if args.quick else "")
     if args.report_only:
@@ -356,8 +455,8 @@ def run(args: argparse.Namespace) -> int:
                 frame = _frame(hw, data_root)
                 for threads in plan.threads:
                     seconds, low, high = plan.budget(model, hw)
-                    rows = timing.measure(subjects_for(art, threads, frame, macs), seconds, low, high,
-                                          desc="{} t{}".format(key, threads))
+                    rows = measure_for(subjects_for(art, threads, frame, macs), seconds, low, high,
+                                       progress="{} t{}".format(key, threads))
                     results["latency"].extend(rows)
                     _save(out, results)
                 if hw == plan.sizes[0]:
@@ -386,7 +485,9 @@ def run(args: argparse.Namespace) -> int:
             report.write(results, out)
     print(report.summary(results))
     print("wrote {}".format(out))
-    return 0
+    for failure in results.get("failures", []):
+        print("FAILED " + failure)
+    return 1 if results.get("failures") else 0
 
 
 def _versions(found: Dict[str, str]) -> Dict[str, str]:
@@ -403,7 +504,7 @@ def _save(out: str, results: dict) -> None:
                                          "trained_weights", "qat_weights", "data_root")}
     for name in EXPERIMENTS:
         if name in results:
-            report.write_json(os.path.join(out, name + ".json"), dict(meta, **{name: results[name]}))
+            write_json(dict(meta, **{name: results[name]}), os.path.join(out, name + ".json"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -4,7 +4,11 @@ Per architecture and input size: the FP32 export (Paddle Inference + ONNX, argma
 it ships), the same as `lowres_logits` (the runtime upsamples + argmaxes), our INT8 ONNX of both
 (`ddrnet.export.onnx_int8.quantize_onnx`), onnxruntime's plain
 `quantize_static` of the very same FP32 ONNX (the baseline to beat), a 30 %-pruned FP32 ONNX, and,
-given a QAT checkpoint, the exporter's INT8 Paddle (oneDNN) + ONNX model dir.
+given a QAT checkpoint, the exporter's INT8 Paddle (oneDNN) + ONNX model dir. Ours end to end is the
+exporter's default INT8 export (`export_default_int8`: QAT's ranges when there is a QAT checkpoint, else
+calibrated; lowres_logits; model.onnx for onnxruntime and model.openvino.onnx for OpenVINO), what
+`ddrnet export --int8` gives users. For OpenVINO: NNCF's `nncf.quantize` of the FP32 ONNX (the peer an
+Intel user would pick).
 Random weights serve speed figures (dense convolution cost does not depend on the values).
 """
 from __future__ import annotations
@@ -41,9 +45,9 @@ def random_checkpoint(name: str, folder: str, seed: int = 0) -> str:
 def model_macs(weights: str, hw: Tuple[int, int]) -> int:
     """MACs of one forward at `hw` of the (possibly pruned) network in `weights`."""
     from ddrnet.compress.prune import model_cost
-    from ddrnet.compress.qat import load_compressed
+    from ddrnet.train.checkpoint import load_checkpoint
 
-    model, _, _ = load_compressed(weights)
+    model = load_checkpoint(weights).model
     return model_cost(model, hw)["macs"]
 
 
@@ -60,10 +64,9 @@ def pruned_checkpoint(weights: str, folder: str, ratio: float = PRUNE_RATIO) -> 
     """`weights` with `ratio` of every prunable conv group's channels removed (L1 norm, PaddleSlim),
     saved as a checkpoint the exporter loads (state.json records the pruned shapes)."""
     from ddrnet.compress.prune import prune_model
-    from ddrnet.compress.qat import load_compressed
-    from ddrnet.train.checkpoint import save_checkpoint
+    from ddrnet.train.checkpoint import load_checkpoint, save_checkpoint
 
-    model, meta, _ = load_compressed(weights)
+    model, meta = load_checkpoint(weights)[:2]
     shapes = prune_model(model, ratio)
     save_checkpoint(folder, model, {"model": meta, "compression": {"prune": {"ratio": ratio, "criterion": "l1",
                                                                             "shapes": shapes}}})
@@ -122,6 +125,44 @@ def quantize_plain(fp32_dir: str, frames: Sequence[np.ndarray], out_path: str, w
     return dict(PLAIN_QUANTIZE_STATIC)
 
 
+def quantize_nncf(fp32_dir: str, frames: Sequence[np.ndarray], out_path: str) -> dict:
+    """NNCF's post-training quantization of the FP32 dir's model.onnx with its defaults, calibrated on the
+    same frames as ours: what an engineer on an Intel machine would run."""
+    import nncf
+    import onnx
+
+    from ddrnet.runtime import Predictor
+
+    model = onnx.load(os.path.join(fp32_dir, "model.onnx"))
+    input_name = model.graph.input[0].name
+    to_tensor = Predictor(fp32_dir).preprocess
+    quantized = nncf.quantize(model, nncf.Dataset(list(frames), lambda f: {input_name: to_tensor(f)}),
+                              subset_size=len(frames))
+    onnx.save(quantized, out_path)
+    return {"method": "nncf.quantize (defaults)", "nncf": nncf.__version__, "subset_size": len(frames)}
+
+
+def frames_dir(frames: Sequence[np.ndarray], folder: str) -> str:
+    """`frames` as PNG files in `folder`: a calibration source the exporter reads (--calib-dir)."""
+    import cv2
+
+    os.makedirs(folder, exist_ok=True)
+    for i, frame in enumerate(frames):
+        cv2.imwrite(os.path.join(folder, "{:03d}.png".format(i)), frame)
+    return folder
+
+
+def export_default_int8(weights: str, out_dir: str, hw: Tuple[int, int], calib_dir: str, calib_num: int) -> dict:
+    """What `ddrnet export --weights W --int8 --calib-dir DIR` writes with no other option (at the suite's
+    fixed input size): model.onnx for onnxruntime and model.openvino.onnx for OpenVINO, both lowres_logits,
+    QAT's ranges from a QAT checkpoint, calibrated from FP32 weights: the INT8 users get. Its parity is
+    recorded, not enforced (random weights have hardly a confident pixel to gate on). Returns deploy.yaml."""
+    from ddrnet.export.exporter import export_model
+
+    return export_model(weights, out_dir, formats=("onnx",), input_shape=(1, 3, hw[0], hw[1]), int8=True,
+                        calib_dir=calib_dir, calib_num=calib_num, parity_num=2, accept_parity=True)
+
+
 def optimized_graph(path: str) -> dict:
     """What onnxruntime actually runs: op histogram of its optimized CPU graph and the float convolutions
     left in it (each one is a convolution the INT8 model still computes in FP32)."""
@@ -136,5 +177,6 @@ def export_qat_int8(qat_weights: str, out_dir: str, hw: Tuple[int, int], calib_d
     from ddrnet.export.exporter import export_model
 
     export_model(qat_weights, out_dir, formats=("paddle", "onnx"), input_shape=(1, 3, hw[0], hw[1]),
-                 output_op="argmax", int8=True, calib_dir=calib_dir, calib_num=calib_num, parity_num=2)
+                 output_op="argmax", int8=True, int8_target="cpu", calib_dir=calib_dir, calib_num=calib_num,
+                 parity_num=2)
     return out_dir

@@ -19,8 +19,12 @@ import yaml
 
 from ddrnet.runtime.cityscapes import IMAGE_SUFFIX
 from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.fileio import check_output_file, write_text
+from ddrnet.runtime.metrics import evaluation_inputs
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# the demo's calibration set: the first 32 frames of its train split (generator seed 0, 256x512)
+SYNTHETIC_RECIPE = {"seed": 0, "count": 32, "size": (256, 512)}
 LIST_HEADER = ("# DDRNet calibration list: Cityscapes train images relative to the data root\n"
                "# (a fixed-seed sample of the train split; never val). Written by `ddrnet compress calib-list`.\n")
 
@@ -93,30 +97,25 @@ def calibration_images(source: str, num: Optional[int] = None, seed: int = 0,
     return paths
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise DDRNetError("{}: cannot write ({})".format(path, err.strerror)) from None
-
-
 def write_calib_list(data_root: str, num: int, seed: int, out: str) -> List[str]:
     """Write a fixed-seed sample of `num` train images of a Cityscapes root as root-relative paths."""
+    if num < 1:
+        raise DDRNetError("--num {}: must be at least 1".format(num))
+    check_output_file(out, "--out", inputs=evaluation_inputs(data_root))
     pool = cityscapes_train_images(data_root)
     if num > len(pool):
         raise DDRNetError("--num {}: {} has only {} train images".format(num, data_root, len(pool)))
     paths = sample(pool, num, seed)
     body = "".join(os.path.relpath(p, data_root).replace(os.sep, "/") + "\n" for p in paths)
-    _write_atomic(out, LIST_HEADER + "# num={} seed={}\n".format(num, seed) + body)
+    write_text(out, LIST_HEADER + "# num={} seed={}\n".format(num, seed) + body)
     return paths
 
 
-def load_recipe(path: str) -> dict:
-    """A synthetic calibration recipe (calib_data/synthetic.yaml): generator seed, count and size."""
+def load_recipe(path: Optional[str] = None) -> dict:
+    """A synthetic calibration recipe (calib_data/synthetic.yaml): generator seed, count and size;
+    None: the built-in one (the demo's; calib_data/synthetic.yaml holds the same values)."""
+    if path is None:
+        return dict(SYNTHETIC_RECIPE)
     try:
         with open(path) as f:
             recipe = yaml.safe_load(f) or {}
@@ -132,7 +131,7 @@ def load_recipe(path: str) -> dict:
         raise DDRNetError("{}: needs count (int), and optionally seed (int) and size [H, W]".format(path)) from None
 
 
-def materialise_synthetic(recipe_path: str, out: str) -> Tuple[str, List[str]]:
+def materialise_synthetic(recipe_path: Optional[str], out: str) -> Tuple[str, List[str]]:
     """Render the recipe's frames as a Cityscapes-layout train split under `out`; (root, images)."""
     from ddrnet.train.synth import generate
 

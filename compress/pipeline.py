@@ -3,7 +3,7 @@
 Each run validates everything it was given (weights, config, ratio, data) before it writes a
 byte, fine-tunes with the training loop (`ddrnet.train.trainer.fit`: same data pipeline, loss,
 atomic checkpoints and exact `--resume`), and stores its compression description and its
-before/after figures in every checkpoint's state.json, so `load_compressed` rebuilds the model.
+before/after figures in every checkpoint's state.json, so `load_checkpoint` rebuilds the model.
 
 Config (YAML, `_base_` a training config): the training keys are the fine-tuning defaults;
 `prune:` / `qat:` sections hold the method settings and a `finetune:` mapping of per-stage
@@ -12,17 +12,18 @@ overrides (iters, lr_scheduler, ...), e.g. compress/configs/qat_ddrnet23_slim_sy
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import Callable, Dict, Optional, Sequence
 
 import paddle
 
 from ddrnet.compress.prune import CHANNEL_ALIGN, CRITERIA, check_ratio, model_cost, prune_model
-from ddrnet.compress.qat import load_compressed, quant_config, quantize_model
+from ddrnet.compress.qat import make_quantization_aware, quant_config
 from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.fileio import write_json
 from ddrnet.runtime.manifest import sha256_file
-from ddrnet.runtime.metrics import write_json
-from ddrnet.train.checkpoint import STATE, latest_checkpoint, read_state, resolve_weights
+from ddrnet.train.checkpoint import STATE, latest_checkpoint, load_checkpoint, read_state, resolve_weights
 from ddrnet.train.config import load_config, merge_configs as merge_config
 from ddrnet.train.evaluate import evaluate
 from ddrnet.train.trainer import build_dataset, fit
@@ -30,6 +31,7 @@ from ddrnet.train.trainer import build_dataset, fit
 BEST = "best_model"
 REPORT = "compress_report.json"
 SECTIONS = ("prune", "qat", "ptq")
+log = logging.getLogger(__name__)
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
@@ -65,7 +67,7 @@ def finetune_config(cfg: dict, stage: str, iters: Optional[int] = None) -> dict:
 
 def load_source(weights: str, cfg: dict):
     """(model, meta, compression) of the weights to compress; they must be the config's architecture."""
-    return load_compressed(weights, model_name=(cfg.get("model") or {}).get("name"))
+    return load_checkpoint(weights, model_name=(cfg.get("model") or {}).get("name"))[:3]
 
 
 def source_info(weights: str) -> dict:
@@ -103,7 +105,8 @@ def _record(save_dir: str, stage: str, report: dict) -> None:
 @fresh_parameter_names
 def run_qat(cfg: dict, weights: str, save_dir: str, data_root: Optional[str] = None, resume: bool = False,
             iters: Optional[int] = None) -> dict:
-    """Fold BN, insert PaddleSlim fake quantization, fine-tune; report FP32 vs QAT mIoU on val."""
+    """Fold BN, fake-quantize what the INT8 export quantizes (train/quant.py), fine-tune; report FP32 vs QAT
+    mIoU on val."""
     ft = finetune_config(cfg, "qat", iters)
     qcfg = quant_config((cfg.get("qat") or {}).get("quant"))
     model, meta, compression = load_source(weights, cfg)
@@ -114,17 +117,17 @@ def run_qat(cfg: dict, weights: str, save_dir: str, data_root: Optional[str] = N
     cached = _resumed_compression(save_dir, resume).get("qat") or {}
     fp32_miou = cached.get("fp32_miou")
     if fp32_miou is None:
-        print("evaluating the FP32 model on {} val images".format(len(val)))
+        log.info("evaluating the FP32 model on %d val images", len(val))
         fp32_miou = _miou(model, val)
-    quantize_model(model, qcfg)
-    section = {"config": qcfg, "fp32_miou": fp32_miou, "source": source_info(weights)}
+    plan = make_quantization_aware(model, qcfg)
+    section = dict(plan, config=qcfg, fp32_miou=fp32_miou, source=source_info(weights))
     fit(model, meta, ft, save_dir, resume=resume, data_root=data_root, do_eval=True,
         extra_state={"compression": dict(compression, fold_bn=True, qat=section)})
     report = dict(_best(save_dir), fp32_miou=fp32_miou, iters=int(ft["iters"]))
     report["delta_points"] = 100.0 * (report["miou"] - fp32_miou)
     _record(save_dir, "qat", report)
-    print("FP32 mIoU {:.4f} | QAT INT8 (fake-quant, Paddle) mIoU {:.4f} | {:+.2f} points".format(
-        fp32_miou, report["miou"], report["delta_points"]))
+    log.info("FP32 mIoU %.4f | QAT INT8 (fake-quant, Paddle) mIoU %.4f | %+.2f points",
+             fp32_miou, report["miou"], report["delta_points"])
     return report
 
 
@@ -168,11 +171,11 @@ def run_prune(cfg: dict, weights: str, save_dir: str, ratio: Optional[float] = N
                   params_reduction=1.0 - after["params"] / before["params"])
     report["delta_points"] = 100.0 * (report["miou"] - before["miou"])
     _record(save_dir, "prune", report)
-    print("pruned {:.0%} ({}): params {:.2f}M -> {:.2f}M, GMACs@{}x{} {:.2f} -> {:.2f} ({:.0%} fewer), "
-          "mIoU {:.4f} -> {:.4f} before fine-tuning -> {:.4f} after ({:+.2f} points)".format(
-              ratio, criterion, before["params"] / 1e6, after["params"] / 1e6, macs_hw[0], macs_hw[1],
-              before["macs"] / 1e9, after["macs"] / 1e9, report["macs_reduction"], before["miou"],
-              after["miou_before_finetune"], report["miou"], report["delta_points"]))
+    log.info("pruned {:.0%} ({}): params {:.2f}M -> {:.2f}M, GMACs@{}x{} {:.2f} -> {:.2f} ({:.0%} fewer), "
+             "mIoU {:.4f} -> {:.4f} before fine-tuning -> {:.4f} after ({:+.2f} points)".format(
+                 ratio, criterion, before["params"] / 1e6, after["params"] / 1e6, macs_hw[0], macs_hw[1],
+                 before["macs"] / 1e9, after["macs"] / 1e9, report["macs_reduction"], before["miou"],
+                 after["miou_before_finetune"], report["miou"], report["delta_points"]))
     return report
 
 

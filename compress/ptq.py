@@ -10,8 +10,8 @@ fake-quant program in Paddle Inference, side by side with FP32 (and a QAT checkp
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
 import tempfile
 from typing import Dict, List, Optional, Sequence
 
@@ -19,14 +19,14 @@ import numpy as np
 import paddle
 
 from ddrnet.compress.calib import calibration_images
-from ddrnet.compress.fold_bn import fold_bn
 from ddrnet.compress.pipeline import load_source, source_info
 from ddrnet.train.trainer import build_dataset
-from ddrnet.compress.qat import load_compressed
 from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.fileio import atomic_dir, write_json
 from ddrnet.runtime.imageio import read_image
-from ddrnet.runtime.metrics import write_json
+from ddrnet.train.checkpoint import load_checkpoint
 from ddrnet.train.data import build_transforms
+from ddrnet.train.structure import fold_bn
 from ddrnet.train.evaluate import evaluate
 
 # --calib-method -> PaddleSlim's algo
@@ -34,6 +34,7 @@ METHODS = {"kl": "KL", "hist": "hist", "mse": "mse", "avg": "avg", "abs_max": "a
 MODEL_FILE, PARAMS_FILE = "model.pdmodel", "model.pdiparams"
 INPUT_NAME = "x"
 REPORT = "ptq_report.json"
+log = logging.getLogger(__name__)
 
 
 def parse_methods(value: str) -> List[str]:
@@ -50,10 +51,9 @@ class InferenceModel:
     are off, so Q/DQ ops run as written (simulated INT8: what the quantized model computes)."""
 
     def __init__(self, folder: str, num_classes: int):
-        config = paddle.inference.Config(os.path.join(folder, MODEL_FILE), os.path.join(folder, PARAMS_FILE))
-        config.disable_gpu()
-        config.switch_ir_optim(False)
-        config.disable_glog_info()
+        from ddrnet.runtime.backends import paddle_config
+
+        config = paddle_config(os.path.join(folder, MODEL_FILE), os.path.join(folder, PARAMS_FILE), optimize=False)
         self.predictor = paddle.inference.create_predictor(config)
         self.num_classes = num_classes
 
@@ -123,12 +123,12 @@ def run_ptq(cfg: dict, weights: str, save_dir: str, calib_source: Optional[str],
     if compression.get("qat"):
         raise DDRNetError("{}: already quantization-aware trained; PTQ takes FP32 (or pruned) weights".format(weights))
     val = build_dataset(cfg, "val_dataset", data_root)
-    qat_model = load_compressed(qat_weights, model_name=meta["name"])[0] if qat_weights else None
+    qat_model = load_checkpoint(qat_weights, model_name=meta["name"]).model if qat_weights else None
     transforms = build_transforms((cfg.get("val_dataset") or {}).get("transforms"), train=False)
 
     report = _load_report(save_dir) if resume else {}
     if "fp32_miou" not in report:
-        print("evaluating the FP32 model on {} val images".format(len(val)))
+        log.info("evaluating the FP32 model on %d val images", len(val))
         report["fp32_miou"] = float(evaluate(model, val)["miou"])
     report.update(source=source_info(weights), calibration={"source": os.path.abspath(calib_source),
                                                             "count": len(paths), "num": calib_num})
@@ -157,15 +157,9 @@ def run_ptq(cfg: dict, weights: str, save_dir: str, calib_source: Optional[str],
 def _quantize_and_evaluate(fp32_dir: str, out_dir: str, method: str, paths: Sequence[str], transforms, val,
                            num_classes: int, hist_percent: float) -> dict:
     """Quantize into a temporary folder, measure it, then rename it into place."""
-    stage = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=".tmp-{}-".format(method))
-    try:
+    with atomic_dir(out_dir) as stage:
         quantize_post_static(fp32_dir, stage, method, paths, transforms, hist_percent)
         miou = float(evaluate(InferenceModel(stage, num_classes), val)["miou"])
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return {"miou": miou, "model": os.path.abspath(os.path.join(out_dir, MODEL_FILE))}
 
 
@@ -178,9 +172,8 @@ def _load_report(save_dir: str) -> dict:
 
 
 def _print_report(report: dict) -> None:
-    print("FP32 mIoU {:.4f}".format(report["fp32_miou"]))
+    log.info("FP32 mIoU %.4f", report["fp32_miou"])
     if "qat_miou" in report:
-        print("QAT  mIoU {:.4f} ({:+.2f} points)".format(report["qat_miou"],
-                                                       100 * (report["qat_miou"] - report["fp32_miou"])))
+        log.info("QAT  mIoU %.4f (%+.2f points)", report["qat_miou"], 100 * (report["qat_miou"] - report["fp32_miou"]))
     for method, result in report["methods"].items():
-        print("PTQ {:8s} mIoU {:.4f} ({:+.2f} points)".format(method, result["miou"], result["delta_points"]))
+        log.info("PTQ %-8s mIoU %.4f (%+.2f points)", method, result["miou"], result["delta_points"])

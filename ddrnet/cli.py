@@ -28,18 +28,27 @@ COMMANDS = {
     "export": ("ddrnet.export.cmd_export", "export to Paddle Inference and ONNX (FP32 / INT8) with deploy.yaml"),
     "bench": ("ddrnet.runtime.cmd_bench", "latency, FPS and mIoU of an exported model on a backend"),
     "stream": ("ddrnet.runtime.cmd_stream", "segment live camera / RTSP / MJPEG streams, video files or globs"),
+    "engine": ("ddrnet.runtime.cmd_engine", "build a bundle's TensorRT engine ahead of time, on the device"),
+    "keygen": ("ddrnet.runtime.cmd_keygen", "make the fleet's Ed25519 signing key pair (OUT.key, OUT.pub)"),
+    "sign": ("ddrnet.runtime.cmd_sign", "sign a model bundle (deploy.yaml, version, expiry) for --trust"),
 }
 
 
 # commands that train or convert with Paddle: a runtime-only install (`pip install .[runtime]`) lacks it
-NEEDS_TRAIN_EXTRA = ("demo", "data", "train", "convert-weights", "compress", "export")
+# (`data synth` needs only numpy and OpenCV: it runs there too, e.g. to give `bench --data-root` a data set)
+NEEDS_TRAIN_EXTRA = ("demo", "train", "convert-weights", "compress", "export")
 TRAIN_EXTRA_HINT = "pip install -c constraints.txt -e '.[train]'"
 # libraries whose own internal warnings are hidden from users (PYTHONWARNINGS turns them back on)
-QUIET_MODULES = r"(paddle|paddleslim|paddle2onnx|pkg_resources|setuptools|visualdl)(\.|$)"
+QUIET_MODULES = r"(paddle|paddleslim|paddle2onnx|pkg_resources|setuptools|_distutils_hack|visualdl)(\.|$)"
+# what the train extra installs beyond the runtime: an ImportError naming one of them is a runtime-only install
+TRAIN_EXTRA_MODULES = ("paddle", "paddleslim", "paddle2onnx", "onnx", "scipy", "sklearn")
 
 
 def has_train_extra() -> bool:
-    return importlib.util.find_spec("paddle") is not None
+    try:
+        return importlib.util.find_spec("paddle") is not None
+    except (ImportError, ValueError):  # a broken or blocked install counts as none
+        return False
 
 
 def build_parser(argv: List[str]) -> argparse.ArgumentParser:
@@ -61,8 +70,7 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_line, description=help_line,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == chosen and name in NEEDS_TRAIN_EXTRA and not train_extra:
-            p.set_defaults(_run=_missing_train_extra)
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(_run=_missing_train_extra)  # its options are unknown here: main() lets them pass
         elif name == chosen:
             mod = importlib.import_module(module)
             if mod.__doc__:
@@ -72,11 +80,15 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _train_extra_message(missing: str) -> str:
+    return "{} is not installed (a runtime-only install); Paddle commands and --weights need the train " \
+           "extra: {}".format(missing, TRAIN_EXTRA_HINT)
+
+
 def _missing_train_extra(args: argparse.Namespace) -> int:
     from ddrnet.runtime.errors import DDRNetError
 
-    raise DDRNetError("this command needs Paddle, which this install lacks (a runtime-only install): "
-                      "{}".format(TRAIN_EXTRA_HINT))
+    raise DDRNetError(_train_extra_message("paddle"))
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -105,9 +117,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         warnings.filterwarnings("ignore", module=QUIET_MODULES)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     configure_logging()
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "_run", None) is not _missing_train_extra:
+        parser.error("unrecognized arguments: " + " ".join(unknown))  # what parse_args does
     try:
         return int(args._run(args) or 0)
+    except ModuleNotFoundError as err:  # e.g. `predict --weights` (a checkpoint: Paddle) in a runtime install
+        if (err.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        print("ddrnet {}: error: {}".format(args.command, _train_extra_message(err.name.split(".")[0])),
+              file=sys.stderr)
+        return 2
     except DDRNetError as err:
         # free the failed run's objects first: a progress bar redraws itself when released, and the
         # error must stay the last line the user sees

@@ -20,23 +20,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, help="training iterations (default: the demo config's)")
     p.add_argument("--qat-iters", type=int, help="QAT fine-tuning iterations (default: the QAT config's)")
     p.add_argument("--bench-iters", type=int, default=20, help="timed iterations per format")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, help="benchmark threads, 1..cores (default: all cores)")
 
 
-def _step(title: str) -> float:
-    print("\n== {} ==".format(title), flush=True)
-    return time.perf_counter()
+class Steps:
+    """Prints each step's title and keeps its wall time for the summary (the budget: 10 minutes)."""
+
+    def __init__(self):
+        self.starts = []  # type: list
+
+    def __call__(self, title: str) -> None:
+        print("\n== {} ==".format(title), flush=True)
+        self.starts.append((title.split(" ", 1)[1], time.perf_counter()))
+
+    def times(self) -> str:
+        ends = [t for _, t in self.starts[1:]] + [time.perf_counter()]
+        return ", ".join("{} {:.0f} s".format(title.split(" (")[0], end - t)
+                         for (title, t), end in zip(self.starts, ends))
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddrnet.train.synth import generate, parse_size
+    from ddrnet.runtime.fileio import check_output_dir
+    from ddrnet.runtime.options import check_threads, cpu_count, parse_hw
+    from ddrnet.train.synth import check_out, generate
 
-    start = time.perf_counter()
+    h, w = parse_hw(args.size, "--size")  # every argument checked before anything is written
+    threads = check_threads(args.threads) or cpu_count()
+    check_output_dir(args.workdir, "--workdir")
     data = os.path.join(args.workdir, "data")
-    _step("1/7 synthetic Cityscapes-format data")
-    generate(data, args.train_images, args.val_images, size=parse_size(args.size), seed=0)
+    check_out(data)
+    start = time.perf_counter()
+    step = Steps()
+    step("1/7 synthetic Cityscapes-format data")
+    generate(data, args.train_images, args.val_images, size=(h, w), seed=0)
 
-    _step("2/7 train ddrnet23_slim on CPU")
+    step("2/7 train ddrnet23_slim on CPU")
     from ddrnet.train.config import load_config
     from ddrnet.train.trainer import train
 
@@ -47,50 +65,45 @@ def run(args: argparse.Namespace) -> int:
     summary = train(cfg, save_dir, data_root=data, device="cpu")
     best = os.path.join(save_dir, "best_model")
 
-    _step("3/7 evaluate the best checkpoint on the val split")
+    step("3/7 the best checkpoint on the val split (the trainer's evaluation, stored with it)")
     from ddrnet.runtime.metrics import format_table
-    from ddrnet.train.checkpoint import load_model
-    from ddrnet.train.evaluate import evaluate
-    from ddrnet.train.trainer import build_dataset
+    from ddrnet.train.checkpoint import read_state
 
-    model, _ = load_model(best)
-    result = evaluate(model, build_dataset(cfg, "val_dataset", data))
+    result = read_state(best)["metrics"]
     print(format_table(result))
 
-    _step("4/7 predict a few val images")
+    step("4/7 predict a few val images")
     from ddrnet.cmd_predict import list_images
     from ddrnet.runtime.imageio import read_image, write_image
     from ddrnet.train.predict import checkpoint_predictor
 
     predictor = checkpoint_predictor(best)
     pred_dir = os.path.join(args.workdir, "pred")
-    os.makedirs(pred_dir, exist_ok=True)
     for path in list_images(os.path.join(data, "leftImg8bit", "val"))[:4]:
         bgr = read_image(path)
         write_image(os.path.join(pred_dir, os.path.basename(path)), predictor.overlay(bgr, predictor(bgr)))
     print("overlays -> {}".format(pred_dir))
 
-    _step("5/7 quantization-aware training (PaddleSlim, BN folded, INT8)")
+    step("5/7 quantization-aware training (PaddleSlim, BN folded, INT8)")
     from ddrnet.compress.pipeline import load_compress_config, run_qat
 
     qat_dir = os.path.join(args.workdir, "qat")
     qat = run_qat(load_compress_config("qat_ddrnet23_slim_synthetic_cpu.yml"), best, qat_dir, data_root=data,
                   iters=args.qat_iters)
 
-    _step("6/7 export FP32 and INT8 to Paddle Inference and ONNX")
+    step("6/7 export FP32 and INT8 to Paddle Inference and ONNX")
     from ddrnet.export.exporter import export_model
 
-    h, w = parse_size(args.size)
     exports = os.path.join(args.workdir, "export")
     shape = (1, 3, h, w)
     export_model(best, os.path.join(exports, "fp32"), input_shape=shape)
     export_model(os.path.join(qat_dir, "best_model"), os.path.join(exports, "int8"), input_shape=shape,
                  int8=True, calib_dir=data)  # calibrates on the train split
 
-    _step("7/7 benchmark every exported format on the val split")
+    step("7/7 benchmark every exported format on the val split")
     from ddrnet.runtime.bench import bench_all, format_all_table, plot_all
 
-    rows = bench_all(exports, threads=args.threads, data_root=data, iters=args.bench_iters)
+    rows = bench_all(exports, threads=threads, data_root=data, iters=args.bench_iters)
     plot_all(rows, os.path.join(args.workdir, "bench.png"))
 
     print("\n== summary ==")
@@ -99,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     print("val mIoU: FP32 (Paddle checkpoint) {:.4f} | QAT INT8 (fake-quant, Paddle) {:.4f} | {:+.2f} points".format(
         result["miou"], qat["miou"], 100 * (qat["miou"] - result["miou"])))
     print(format_all_table(rows))
+    print("steps: " + step.times())
     print("demo finished in {:.1f} min; everything is under {}".format((time.perf_counter() - start) / 60,
                                                                        args.workdir))
     return 0

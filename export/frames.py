@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -23,6 +23,7 @@ from ddrnet.runtime.imageio import read_image
 class FrameSet(NamedTuple):
     frames: List[np.ndarray]  # HxWx3 uint8 BGR
     source: str  # where they come from, for deploy.yaml
+    paths: List[str]  # their files (none for synthetic frames)
 
 
 def paths_digest(paths: Sequence[str], root: str) -> str:
@@ -63,8 +64,19 @@ def parity_frames(pool: Sequence[str], calibration: Sequence[str], count: int, h
     held_out = [p for p in pool if p not in used]
     if held_out:
         paths = sample(held_out, count)
-        return FrameSet(read_frames(paths), "{} (not used for calibration)".format(source))
+        return FrameSet(read_frames(paths), "{} (not used for calibration)".format(source), paths)
     if calibration:
         paths = sample(list(calibration), count)
-        return FrameSet(read_frames(paths), "{} (calibration images: the folder has no others)".format(source))
-    return FrameSet(synthetic_frames(count, hw), "synthetic")
+        return FrameSet(read_frames(paths), "{} (calibration images: the folder has no others)".format(source), paths)
+    return FrameSet(synthetic_frames(count, hw), "synthetic", [])
+
+
+def train_labels(paths: Sequence[str], root: str, lookup: np.ndarray) -> Optional[List[np.ndarray]]:
+    """The labels of Cityscapes train images under `root` as the model's classes (`lookup`: labelIds ->
+    class, runtime/labels.py), or None unless every image has its label."""
+    from ddrnet.runtime.cityscapes import label_path_for, load_train_ids
+
+    found = [label_path_for(path, root, "train") for path in paths]
+    if not paths or not all(os.path.isfile(p) for p in found):
+        return None
+    return [load_train_ids(p, lookup=lookup) for p in found]

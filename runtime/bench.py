@@ -1,14 +1,14 @@
 """Benchmarks of exported models: per-stage latency, FPS, model size, mIoU, host and versions.
 
-The Predictor's end-to-end time and the backend's raw `run` on a prepared tensor are measured
-interleaved in one loop, so host noise hits both alike and their ratio is the runtime's overhead.
-`bench --all` interleaves every model and format the same way (round-robin), so the comparison
-holds on a busy or throttling host.
+The Predictor's end-to-end time and the backend's raw `run` on a prepared tensor are two subjects of
+one interleaved loop (ddrnet.runtime.timing), so host noise hits both alike and their ratio is the
+runtime's overhead. `bench --all` interleaves every model and backend the same way, so the
+comparison holds on a busy or throttling host.
 """
 from __future__ import annotations
 
 import datetime
-import importlib.util
+import itertools
 import os
 import platform
 import sys
@@ -18,22 +18,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.fileio import atomic_path
+from ddrnet.runtime.timing import Subject, fps_fields, latency_stats, measure
 
 STAGES = (("preprocess", "pre_ms"), ("inference", "infer_ms"), ("postprocess", "post_ms"),
           ("total", "total_ms"))
 DEFAULT_FRAME_HW = (1024, 2048)  # Cityscapes, for models with dynamic H/W
-FORMAT_LABELS = {"onnxruntime": "ONNX (onnxruntime)", "paddle": "Paddle Inference",
+FORMAT_LABELS = {"onnxruntime": "ONNX (onnxruntime)", "openvino": "ONNX (OpenVINO)", "paddle": "Paddle Inference",
                  "tensorrt": "TensorRT"}
 # instruction-set extensions that decide INT8 / BF16 speed on CPUs
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
              "amx_bf16", "asimd", "asimddp", "sve")
-
-
-def latency_stats(samples_ms: Sequence[float]) -> Dict[str, float]:
-    a = np.asarray(samples_ms, dtype=np.float64)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"mean": float(a.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "min": float(a.min()), "max": float(a.max())}
+# what a backend may report about itself, copied into the bench JSON's "backend_info"
+BACKEND_INFO = ("chosen_because", "requested_precision", "inference_precision", "start_s", "cache_hit", "cache_dir",
+                "providers", "device_name", "engine_path")
 
 
 def _cpuinfo() -> Dict[str, str]:
@@ -75,7 +73,7 @@ def versions() -> Dict[str, str]:
     from ddrnet import __version__
 
     found = {"ddrnet": __version__, "numpy": np.__version__, "cv2": cv2.__version__}
-    for name in ("onnxruntime", "paddle", "tensorrt", "pycuda"):
+    for name in ("onnxruntime", "openvino", "paddle", "tensorrt", "pycuda"):
         module = sys.modules.get(name)
         if module is not None:
             found[name] = str(getattr(module, "__version__", getattr(module, "VERSION", "?")))
@@ -94,89 +92,73 @@ def _dataset_frames(data_root: str, split: str, count: int) -> List[np.ndarray]:
     return [read_image(image) for image, _ in list_samples(data_root, split)[:count]]
 
 
-class Subject:
-    """One Predictor under test: its frames, the tensor its raw runs use, what was measured."""
+class Target:
+    """One Predictor under test: end to end on its frames (BGR in, mask out) and the raw backend run
+    on a tensor prepared from the first frame, two subjects of the same interleaved loop."""
 
-    def __init__(self, predictor, frames: Sequence[np.ndarray]):
+    def __init__(self, predictor, frames: Sequence[np.ndarray], start_s: float):
         self.predictor = predictor
         self.frames = list(frames)
+        self.start_s = start_s  # opening the Predictor: manifest, hashes, backend start
         self.tensor = predictor.preprocess(self.frames[0])
-        self.stages = {key: [] for _, key in STAGES}  # type: Dict[str, List[float]]
-        self.raw = []  # type: List[float]
+        cycle = itertools.cycle(self.frames)
+        self.end_to_end = Subject({}, lambda: predictor(next(cycle)), stages=lambda: predictor.last_timing)
+        self.raw = Subject({}, lambda: predictor.backend.run(self.tensor))
 
-    def step(self, i: int, record: bool) -> None:
-        """One end-to-end Predictor call and one raw backend run on the prepared tensor, in
-        alternating order so neither always runs right after the other (warm caches, spinning
-        thread pools)."""
-        frame = self.frames[i % len(self.frames)]
-        if i % 2:
-            self.predictor(frame)
-        t0 = time.perf_counter()
-        self.predictor.backend.run(self.tensor)
-        raw_ms = (time.perf_counter() - t0) * 1e3
-        if not i % 2:
-            self.predictor(frame)
-        if record:
-            for key in self.stages:
-                self.stages[key].append(self.predictor.last_timing[key])
-            self.raw.append(raw_ms)
+    @property
+    def subjects(self) -> List[Subject]:
+        return [self.end_to_end, self.raw]
 
     def latency(self) -> dict:
-        latency = {name: latency_stats(self.stages[key]) for name, key in STAGES}
-        raw = latency_stats(self.raw)
-        paired = np.asarray(self.stages["total_ms"]) / np.asarray(self.raw)
-        return {
+        stages = self.end_to_end.stage_ms
+        latency = {name: latency_stats(stages[key]) for name, key in STAGES}
+        raw = latency_stats(self.raw.samples_ms)
+        paired = np.asarray(stages["total_ms"]) / np.asarray(self.raw.samples_ms)  # same round, same index
+        result = {
             "latency_ms": latency,
             "raw_run_ms": raw,
             # median over median: robust to the odd slow iteration on a shared host
             "overhead_ratio": latency["total"]["p50"] / raw["p50"],
-            # median of each iteration's total / its neighbouring raw run: robust to drifts too
+            # median of each round's total / its raw run: robust to drifts too
             "overhead_ratio_paired": float(np.median(paired)),
-            "fps": 1000.0 / latency["total"]["mean"],
         }
+        result.update(fps_fields(latency["total"]))
+        return result
 
 
-def measure(subjects: Sequence[Subject], iters: int, warmup: int, progress: bool = True) -> None:
-    """Round-robin over all subjects, so host noise (other jobs, clock changes) hits each alike."""
-    if iters < 1 or warmup < 0:
-        raise DDRNetError("--iters must be >= 1 and --warmup >= 0")
-    for i in range(warmup):
-        for subject in subjects:
-            subject.step(i, record=False)
-    steps = range(iters)
-    if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc="bench", unit="it", leave=False)
-    for i in steps:
-        for subject in subjects:
-            subject.step(i, record=True)
-
-
-def open_subject(model_dir: str, backend: str = "onnxruntime", device: str = "cpu",
-                 threads: Optional[int] = None, precision: Optional[str] = None,
-                 data_root: Optional[str] = None, split: str = "val",
-                 frame_hw: Optional[Tuple[int, int]] = None, spinning: bool = True) -> Subject:
+def open_target(model_dir: str, backend: str = "onnxruntime", device: str = "cpu",
+                threads: Optional[int] = None, precision: Optional[str] = None,
+                data_root: Optional[str] = None, split: str = "val",
+                frame_hw: Optional[Tuple[int, int]] = None, spinning: bool = True,
+                trust: Optional[str] = None) -> Target:
     """A Predictor and its frames: a few of the data set's images, else one synthetic frame of
-    frame_hw (default: the model's fixed input size, or a Cityscapes frame for dynamic models)."""
+    frame_hw (default: the model's fixed input size, or a Cityscapes frame for dynamic models).
+    `trust`: the Predictor's (a signing key's .pub; None: $DDRNET_TRUST)."""
     from ddrnet.runtime.predictor import Predictor
 
+    t0 = time.perf_counter()
     predictor = Predictor(model_dir, backend=backend, device=device, threads=threads, precision=precision,
-                          spinning=spinning)
+                          spinning=spinning, trust=trust)
+    start_s = time.perf_counter() - t0
     if data_root and frame_hw is None:
-        return Subject(predictor, _dataset_frames(data_root, split, count=4))
+        return Target(predictor, _dataset_frames(data_root, split, count=4), start_s)
     fixed = predictor.input_shape[2:]
-    return Subject(predictor, [_synthetic_frame(frame_hw or (tuple(fixed) if min(fixed) > 0 else DEFAULT_FRAME_HW))])
+    hw = frame_hw or (tuple(fixed) if min(fixed) > 0 else DEFAULT_FRAME_HW)
+    return Target(predictor, [_synthetic_frame(hw)], start_s)
 
 
-def report(subject: Subject, iters: int, warmup: int, threads: Optional[int] = None,
+def measure_targets(targets: Sequence[Target], iters: int, warmup: int, progress: bool = True) -> None:
+    measure([s for t in targets for s in t.subjects], iters, warmup, "bench" if progress else None)
+
+
+def report(target: Target, iters: int, warmup: int, threads: Optional[int] = None,
            data_root: Optional[str] = None, split: str = "val", max_images: Optional[int] = None,
            progress: bool = True) -> dict:
-    """The bench JSON (DESIGN.md) of a measured subject; evaluates mIoU when data_root is given."""
+    """The bench JSON (README "bench JSON") of a measured target; evaluates mIoU when data_root is given."""
     from ddrnet.runtime.metrics import evaluate_model_dir
 
-    predictor = subject.predictor
-    frame_hw = subject.frames[0].shape[:2]
+    predictor = target.predictor
+    frame_hw = target.frames[0].shape[:2]
     result = {
         "model_dir": os.path.abspath(predictor.model_dir),
         "model_name": predictor.model_name,
@@ -189,8 +171,9 @@ def report(subject: Subject, iters: int, warmup: int, threads: Optional[int] = N
         "threads": threads,
         "warmup": warmup,
         "iterations": iters,
+        "start_s": target.start_s,
     }
-    result.update(subject.latency())
+    result.update(target.latency())
     files = predictor.backend.model_files
     result["model_files"] = [os.path.basename(f) for f in files]
     result["model_size_bytes"] = sum(os.path.getsize(f) for f in files)
@@ -204,8 +187,8 @@ def report(subject: Subject, iters: int, warmup: int, threads: Optional[int] = N
     result["host"] = host_info()
     if getattr(predictor.backend, "device_name", None):
         result["host"]["gpu"] = predictor.backend.device_name
-    if getattr(predictor.backend, "providers", None):
-        result["providers"] = predictor.backend.providers
+    result["backend_info"] = {k: getattr(predictor.backend, k) for k in BACKEND_INFO
+                              if getattr(predictor.backend, k, None) is not None}
     result["versions"] = versions()
     result["created"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return result
@@ -215,11 +198,11 @@ def run_bench(model_dir: str, backend: str = "onnxruntime", device: str = "cpu",
               threads: Optional[int] = None, precision: Optional[str] = None,
               data_root: Optional[str] = None, split: str = "val", iters: int = 50, warmup: int = 5,
               frame_hw: Optional[Tuple[int, int]] = None, max_images: Optional[int] = None,
-              progress: bool = True) -> dict:
-    """Benchmark one model dir on one backend; returns the bench JSON (DESIGN.md)."""
-    subject = open_subject(model_dir, backend, device, threads, precision, data_root, split, frame_hw)
-    measure([subject], iters, warmup, progress)
-    return report(subject, iters, warmup, threads, data_root, split, max_images, progress)
+              progress: bool = True, trust: Optional[str] = None) -> dict:
+    """Benchmark one model dir on one backend ("auto": the fastest installed); returns the bench JSON."""
+    target = open_target(model_dir, backend, device, threads, precision, data_root, split, frame_hw, trust=trust)
+    measure_targets([target], iters, warmup, progress)
+    return report(target, iters, warmup, threads, data_root, split, max_images, progress)
 
 
 def format_bench(result: dict) -> str:
@@ -236,11 +219,19 @@ def format_bench(result: dict) -> str:
     for name, s in rows:
         lines.append("{:<12}{:>9.2f}{:>9.2f}{:>9.2f}{:>9.2f}{:>9.2f}{:>9.2f}".format(
             name, s["mean"], s["p50"], s["p90"], s["p99"], s["min"], s["max"]))
-    summary = "FPS {:.1f}   overhead {:.3f}x (total p50 / raw run p50; paired {:.3f}x)   size {:.2f} MB".format(
-        result["fps"], result["overhead_ratio"], result["overhead_ratio_paired"], result["model_size_mb"])
+    summary = "FPS {:.1f} (1000/mean), {:.1f} (1000/p50)   overhead {:.3f}x (total p50 / raw run p50; paired " \
+              "{:.3f}x)   size {:.2f} MB".format(result["fps_mean"], result["fps_p50"], result["overhead_ratio"],
+                                              result["overhead_ratio_paired"], result["model_size_mb"])
     if result["miou"] is not None:
         summary += "   mIoU {:.4f} ({} images)".format(result["miou"], result["eval"]["num_images"])
     lines.append(summary)
+    info = result.get("backend_info", {})
+    if info.get("chosen_because"):
+        lines.append("backend auto -> {}: {}".format(result["backend"], info["chosen_because"]))
+    if "cache_hit" in info:
+        lines.append("start {:.2f} s ({}; compiled-model cache {})".format(
+            result["start_s"], "loaded from the cache" if info["cache_hit"] else "compiled",
+            info.get("cache_dir") or "off"))
     host = result["host"]
     lines.append("host: {} ({} cores{}){}".format(
         host["cpu"], host["cores"], ", " + " ".join(host["isa"]) if host["isa"] else "",
@@ -263,47 +254,60 @@ def find_model_dirs(root: str) -> List[str]:
     return found
 
 
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a broken or blocked package counts as absent
-        return False
+def backends_for(model_dir: str, device: str) -> Tuple[List[Tuple[str, Optional[str]]], List[str]]:
+    """((backend, precision) pairs to run, notes on the ones skipped) for every format the model dir lists.
+    OpenVINO runs an FP32 model twice on a BF16 CPU, in FP32 and in BF16 (its default there)."""
+    from ddrnet.runtime.backends import installed
+    from ddrnet.runtime.manifest import file_entry, formats, load_manifest
 
-
-def backends_for(model_dir: str, device: str) -> Tuple[List[str], List[str]]:
-    """(backends to run, notes on the ones skipped) for every format the model dir lists."""
-    from ddrnet.runtime.manifest import formats, load_manifest
-
-    listed = formats(load_manifest(model_dir, verify=False))
-    chosen = []  # type: List[str]
+    manifest = load_manifest(model_dir, verify=False)
+    listed = formats(manifest)
+    chosen = []  # type: List[Tuple[str, Optional[str]]]
     notes = []  # type: List[str]
     if "onnx" in listed:
-        chosen.append("onnxruntime")
-        if device == "gpu":
-            if _importable("tensorrt") and _importable("pycuda"):
-                chosen.append("tensorrt")
+        if file_entry(manifest, "onnx", backend="onnxruntime"):  # not in an OpenVINO-only INT8 bundle
+            chosen.append(("onnxruntime", None))
+        if device == "cpu" and installed("openvino"):
+            chosen += [("openvino", p) for p in _openvino_precisions(manifest["precision"])]
+        elif device == "cpu":
+            notes.append("{}: openvino skipped (not installed)".format(model_dir))
+        if device == "gpu" and file_entry(manifest, "onnx", backend="tensorrt"):
+            if installed("tensorrt") and installed("pycuda"):
+                chosen.append(("tensorrt", None))
             else:
                 notes.append("{}: tensorrt skipped (tensorrt/pycuda not installed)".format(model_dir))
     if "paddle" in listed:
-        if _importable("paddle"):
-            chosen.append("paddle")
+        if installed("paddle"):
+            chosen.append(("paddle", None))
         else:
             notes.append("{}: paddle format skipped (paddlepaddle not installed)".format(model_dir))
     return chosen, notes
 
 
+def _openvino_precisions(model_precision: str) -> List[str]:
+    import openvino
+
+    from ddrnet.runtime.openvino_backend import has_bf16
+
+    if model_precision == "fp32" and has_bf16(openvino.Core()):
+        return ["fp32", "bf16"]
+    return ["auto"]
+
+
 def bench_all(root: str, device: str = "cpu", threads: Optional[int] = None, precision: Optional[str] = None,
               data_root: Optional[str] = None, split: str = "val", iters: int = 50, warmup: int = 5,
               frame_hw: Optional[Tuple[int, int]] = None, max_images: Optional[int] = None,
-              progress: bool = True, log=print) -> List[dict]:
+              progress: bool = True, log=print, trust: Optional[str] = None) -> List[dict]:
     """Bench every format of every model dir under root, all timed in one interleaved loop;
-    one that cannot be opened becomes an error row. Thread pools must not spin between runs here, or
-    the one that ran last takes the cores from the next (measured: 2 sessions at 2 threads, 17.5 ->
-    38.3 ms): onnxruntime sessions open with spinning off, and Paddle's OpenMP threads are asked to
-    wait passively (effective when Paddle is not loaded yet, as in `ddrnet bench --all`)."""
+    one that cannot be opened becomes an error row. `precision` goes to TensorRT only (the others
+    run the file as exported; OpenVINO in each precision the CPU has, see backends_for).
+    Thread pools must not spin between runs here, or the one that ran last takes the cores from
+    the next (measured: 2 sessions at 2 threads, 17.5 -> 38.3 ms): onnxruntime sessions open with
+    spinning off, and Paddle's OpenMP threads are asked to wait passively (effective when Paddle is
+    not loaded yet, as in `ddrnet bench --all`)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("KMP_BLOCKTIME", "0")
-    slots = []  # type: List[object]  # a Subject, or the error row standing in its place
+    slots = []  # type: List[object]  # a Target, or the error row standing in its place
     for model_dir in find_model_dirs(root):
         try:
             chosen, notes = backends_for(model_dir, device)
@@ -313,18 +317,18 @@ def bench_all(root: str, device: str = "cpu", threads: Optional[int] = None, pre
             continue
         for note in notes:
             log("note: " + note)
-        for backend in chosen:
-            # an engine precision only means something to TensorRT; the others run the file as exported
+        for backend, backend_precision in chosen:
             try:
-                slots.append(open_subject(model_dir, backend, device, threads,
-                                          precision if backend == "tensorrt" else None,
-                                          data_root, split, frame_hw, spinning=False))
+                slots.append(open_target(model_dir, backend, device, threads,
+                                         precision if backend == "tensorrt" else backend_precision,
+                                         data_root, split, frame_hw, spinning=False, trust=trust))
             except DDRNetError as err:
                 slots.append({"model_dir": os.path.abspath(model_dir), "backend": backend, "device": device,
                               "error": str(err)})
-    measure([s for s in slots if isinstance(s, Subject)], iters, warmup, progress)
+    targets = [s for s in slots if isinstance(s, Target)]
+    measure_targets(targets, iters, warmup, progress)
     return [report(s, iters, warmup, threads, data_root, split, max_images, progress)
-            if isinstance(s, Subject) else s for s in slots]
+            if isinstance(s, Target) else s for s in slots]
 
 
 def _row_label(row: dict) -> str:
@@ -332,10 +336,10 @@ def _row_label(row: dict) -> str:
 
 
 def format_all_table(rows: List[dict]) -> str:
-    """Format | Precision | Size MB | mIoU | ms p50 | FPS, one line per model dir and format."""
+    """Format | Precision | Size MB | mIoU | ms p50 | FPS (1000/p50), one line per model dir and format."""
     width = max([len("Model")] + [len(_row_label(r)) for r in rows]) + 2
     head = "{:<{w}}{:<22}{:<11}{:>9}{:>9}{:>10}{:>9}".format(
-        "Model", "Format", "Precision", "Size MB", "mIoU", "ms p50", "FPS", w=width)
+        "Model", "Format", "Precision", "Size MB", "mIoU", "ms p50", "FPS p50", w=width)
     lines = [head, "-" * len(head)]
     for r in rows:
         start = "{:<{w}}{:<22}".format(_row_label(r), FORMAT_LABELS.get(r["backend"], r["backend"]), w=width)
@@ -344,7 +348,7 @@ def format_all_table(rows: List[dict]) -> str:
             continue
         lines.append(start + "{:<11}{:>9.2f}{:>9}{:>10.2f}{:>9.1f}".format(
             r["precision"], r["model_size_mb"], "-" if r["miou"] is None else "{:.4f}".format(r["miou"]),
-            r["latency_ms"]["total"]["p50"], r["fps"]))
+            r["latency_ms"]["total"]["p50"], r["fps_p50"]))
     return "\n".join(lines)
 
 
@@ -366,7 +370,7 @@ def plot_all(rows: List[dict], path: str) -> bool:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(ok)), 4.5))
     bars = ax.bar(range(len(ok)), ms, color="#4477aa")
     for bar, r in zip(bars, ok):
-        note = "{:.1f} FPS".format(r["fps"])
+        note = "{:.1f} FPS".format(r["fps_p50"])
         if r["miou"] is not None:
             note += "\nmIoU {:.3f}".format(r["miou"])
         ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
@@ -378,9 +382,9 @@ def plot_all(rows: List[dict], path: str) -> bool:
     ax.set_title("{} ({} cores)".format(host.get("gpu") or host["cpu"], host["cores"]), fontsize=9)
     ax.margins(y=0.2)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return True

@@ -41,7 +41,7 @@ def label_path_for(image_path: str, root: str, split: str) -> str:
 def list_samples(root: str, split: str) -> List[Tuple[str, str]]:
     """Sorted (image, labelIds) path pairs of one split; every image must have its label."""
     if not os.path.isdir(root):
-        raise DDRNetError("{}: no such data folder".format(root))
+        raise DDRNetError("{}: no such data folder (--data-root names the Cityscapes-layout root)".format(root))
     image_dir = _split_dir(root, "leftImg8bit", split)
     _split_dir(root, "gtFine", split)
     images = sorted(glob.glob(os.path.join(image_dir, "*", "*" + IMAGE_SUFFIX)))
@@ -57,8 +57,9 @@ def list_samples(root: str, split: str) -> List[Tuple[str, str]]:
 
 
 def load_train_ids(label_path: str, expected_hw: Optional[Tuple[int, int]] = None,
-                   image_path: Optional[str] = None) -> np.ndarray:
-    """Read a `_labelIds` PNG and map it to trainIds (HxW uint8, 255 = ignore).
+                   image_path: Optional[str] = None, lookup: np.ndarray = ID_TO_TRAIN_ID) -> np.ndarray:
+    """Read a `_labelIds` PNG and map it to trainIds (HxW uint8, 255 = ignore), or to the classes of
+    another label set (`lookup`: runtime/labels.py LABEL_SETS).
 
     expected_hw: the (height, width) of the image the label belongs to (image_path names it in
     the error message).
@@ -72,7 +73,7 @@ def load_train_ids(label_path: str, expected_hw: Optional[Tuple[int, int]] = Non
         raise DDRNetError("{}: label size {}x{} differs from its image {}{}x{}".format(
             label_path, ids.shape[0], ids.shape[1], image_path + " " if image_path else "",
             expected_hw[0], expected_hw[1]))
-    return ID_TO_TRAIN_ID[ids]
+    return lookup[ids]
 
 
 def city_frame_key(path: str) -> str:

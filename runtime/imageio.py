@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.fileio import write_bytes
 
 
 def _is_truncated_jpeg(data: bytes) -> bool:
@@ -66,14 +67,8 @@ def read_label(path: str) -> np.ndarray:
 
 
 def write_image(path: str, img: np.ndarray) -> None:
-    """Write atomically (temporary name, then rename) so a crash leaves no half-written file."""
-    ext = os.path.splitext(path)[1] or ".png"
-    ok, buf = cv2.imencode(ext, img)
+    """Write atomically, creating the folder if needed: a crash leaves no half-written file."""
+    ok, buf = cv2.imencode(os.path.splitext(path)[1] or ".png", img)
     if not ok:
         raise DDRNetError("{}: could not encode image".format(path))
-    tmp = path + ".tmp" + ext
-    try:
-        buf.tofile(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise DDRNetError("{}: cannot write ({})".format(path, err.strerror)) from None
+    write_bytes(path, buf.tobytes())

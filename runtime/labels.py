@@ -70,3 +70,34 @@ for _lb in LABELS:
 TRAIN_ID_TO_ID = np.zeros(256, dtype=np.uint8)
 for _lb in _TRAIN:
     TRAIN_ID_TO_ID[_lb.train_id] = _lb.id
+
+# Cityscapes' 7 categories (cityscapesScripts' `category` of each evaluated class; void excluded),
+# coloured like their most common class
+CATEGORY_NAMES = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+CATEGORY_OF_TRAIN_ID = (0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 5, 6, 6, 6, 6, 6, 6)
+CATEGORY_PALETTE = PALETTE[[0, 2, 5, 8, 10, 11, 13]]  # road, building, pole, vegetation, sky, person, car
+ID_TO_CATEGORY = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+for _lb in _TRAIN:
+    ID_TO_CATEGORY[_lb.id] = CATEGORY_OF_TRAIN_ID[_lb.train_id]
+
+
+class LabelSet(NamedTuple):
+    names: tuple
+    palette: np.ndarray  # [classes, 3] RGB
+    from_label_ids: np.ndarray  # 256-entry lookup: Cityscapes labelIds -> class (255 ignore)
+
+
+# what a model predicts: `label_set` in a dataset config and in deploy.yaml (default cityscapes)
+LABEL_SETS = {
+    "cityscapes": LabelSet(CLASS_NAMES, PALETTE, ID_TO_TRAIN_ID),  # the 19 trainIds
+    "categories": LabelSet(CATEGORY_NAMES, CATEGORY_PALETTE, ID_TO_CATEGORY),
+}
+DEFAULT_LABEL_SET = "cityscapes"
+
+
+def label_set(name: str) -> LabelSet:
+    if name not in LABEL_SETS:
+        from ddrnet.runtime.errors import DDRNetError
+
+        raise DDRNetError("label_set {!r}: choose {}".format(name, " or ".join(LABEL_SETS)))
+    return LABEL_SETS[name]

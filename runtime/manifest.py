@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.fileio import atomic_write
 
 MANIFEST_NAME = "deploy.yaml"
 SCHEMA_VERSION = 1
@@ -109,6 +110,15 @@ def validate_manifest(manifest: dict, where: str, require_files: bool = True) ->
         _require(isinstance(entry, dict) and isinstance(entry.get("format"), str)
                  and isinstance(entry.get("path"), str), where,
                  "each files entry needs a format and a path, got {!r}".format(entry))
+        _require(isinstance(entry.get("backend", ""), str), where,
+                 "a files entry's backend must be a backend name, got {!r}".format(entry.get("backend")))
+    engines = manifest.get("engines", [])
+    _require(isinstance(engines, list) and all(isinstance(e, dict) and isinstance(e.get("path"), str)
+                                               and isinstance(e.get("precision"), str) for e in engines), where,
+             "engines must be a list of entries with a path and a precision")
+    target = manifest.get("target", {})
+    _require(isinstance(target, dict) and isinstance(target.get("name", ""), str), where,
+             "target must be a mapping with a name")
 
 
 def to_plain(value):
@@ -132,33 +142,53 @@ def write_manifest(model_dir: str, manifest: dict) -> dict:
     data.setdefault("schema_version", SCHEMA_VERSION)
     where = manifest_path(model_dir)
     validate_manifest(data, where)
-    for entry in data["files"]:
+    for entry in listed_entries(data):
         full = resolve_file(model_dir, entry["path"])
         if not os.path.isfile(full):
             raise DDRNetError("{}: listed in {} but missing".format(full, where))
         entry["sha256"] = sha256_file(full)
-    tmp = where + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(where) as f:
         yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None, allow_unicode=True)
-    os.replace(tmp, where)
     return data
 
 
-def load_manifest(model_dir: str, verify: bool = True) -> dict:
-    """Read, validate and (with `verify`) check every listed file against its SHA-256."""
+def listed_entries(manifest: dict) -> List[dict]:
+    """Every file deploy.yaml vouches for: the model files and the TensorRT engines `ddrnet engine` built."""
+    return list(manifest["files"]) + list(manifest.get("engines", []))
+
+
+def read_manifest_bytes(model_dir: str) -> bytes:
+    """deploy.yaml's bytes, read once: a signature is checked on exactly what is then parsed."""
     where = manifest_path(model_dir)
     if not os.path.isdir(model_dir):
         raise DDRNetError("{}: no such model dir".format(model_dir))
     if not os.path.isfile(where):
         raise DDRNetError("{}: missing (not an exported model dir?)".format(where))
+    with open(where, "rb") as f:
+        return f.read()
+
+
+def load_manifest(model_dir: str, verify: bool = True, data: Optional[bytes] = None,
+                  missing_ok: bool = False) -> dict:
+    """Read, validate and (with `verify`) check every listed file against its SHA-256.
+    `data`: deploy.yaml's bytes when the caller already read them (read_manifest_bytes).
+    `missing_ok`: a listed file that is absent is skipped, not refused (the Predictor: a bundle copied
+    without the files its backend does not load; `find_file` names a missing one the backend needs);
+    every file present is still checked."""
+    where = manifest_path(model_dir)
+    if data is None:
+        data = read_manifest_bytes(model_dir)
     try:
-        with open(where, "r", encoding="utf-8") as f:
-            manifest = yaml.safe_load(f)
+        manifest = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DDRNetError("{}: not UTF-8 text".format(where)) from None
     except yaml.YAMLError as err:
         raise DDRNetError("{}: not valid YAML ({})".format(where, str(err).splitlines()[0])) from None
     validate_manifest(manifest, where)
     if verify:
-        for entry in manifest["files"]:
+        for entry in listed_entries(manifest):
+            if missing_ok and not os.path.isfile(resolve_file(model_dir, entry["path"])):
+                continue
             _verify_file(model_dir, entry, where)
     return manifest
 
@@ -174,12 +204,28 @@ def _verify_file(model_dir: str, entry: dict, where: str) -> None:
         raise DDRNetError("{}: SHA-256 mismatch with deploy.yaml (file changed or corrupt)".format(full))
 
 
-def find_file(manifest: dict, model_dir: str, fmt: str, role: str = "model") -> Optional[str]:
-    """Absolute path of the file with this format and role, or None when the manifest has none."""
-    for entry in manifest["files"]:
-        if entry["format"] == fmt and entry.get("role", "model") == role:
-            return resolve_file(model_dir, entry["path"])
-    return None
+def file_entry(manifest: dict, fmt: str, role: str = "model", backend: Optional[str] = None) -> Optional[dict]:
+    """The entry of this format and role that `backend` opens: one listed for it (`backend: NAME`, e.g. the
+    OpenVINO-shaped INT8 graph of a default INT8 export) first, else one listed for every backend (no
+    `backend` key); an entry listed for another backend never. None when there is none."""
+    candidates = [e for e in manifest["files"] if e["format"] == fmt and e.get("role", "model") == role]
+    own = [e for e in candidates if backend is not None and e.get("backend") == backend]
+    shared = [e for e in candidates if "backend" not in e]
+    return (own + shared + [None])[0]
+
+
+def find_file(manifest: dict, model_dir: str, fmt: str, role: str = "model",
+              needed_by: Optional[str] = None) -> Optional[str]:
+    """Absolute path of the file with this format and role that backend `needed_by` opens (file_entry),
+    or None when the manifest has none. With `needed_by`, a listed file that is absent is an error naming it."""
+    entry = file_entry(manifest, fmt, role, needed_by)
+    if entry is None:
+        return None
+    full = resolve_file(model_dir, entry["path"])
+    if needed_by and not os.path.isfile(full):
+        raise DDRNetError("{}: listed in {} but missing; the {} backend needs it".format(
+            full, MANIFEST_NAME, needed_by))
+    return full
 
 
 def formats(manifest: dict) -> List[str]:

@@ -4,7 +4,6 @@ ignore (255) skipped, a class with neither ground truth nor prediction is null a
 the mean, predictions always compared at full label resolution (labels are never resized)."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -62,7 +61,7 @@ class ConfusionMatrix:
         self.num_images += 1
 
     def result(self) -> dict:
-        """The eval JSON of DESIGN.md: miou, per_class_iou (null where undefined), pixel_acc, num_images."""
+        """The eval JSON (docs/design-notes.md): miou, per_class_iou (null where undefined), pixel_acc, num_images."""
         total = int(self.matrix.sum())
         if total == 0:
             raise DDRNetError("nothing to evaluate: no labelled (non-ignore) pixels seen")
@@ -108,18 +107,14 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(data: dict, path: str) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise DDRNetError("{}: cannot write ({})".format(path, err.strerror)) from None
+def evaluation_inputs(data_root: Optional[str], pred_dir: Optional[str] = None) -> List[str]:
+    """What an evaluation reads, for output checks (`fileio.refuse_overwrite`): the data root's image
+    and label trees and the prediction PNGs; other files there (an earlier eval.json) are not inputs."""
+    inputs = [os.path.join(data_root, tree) for tree in ("leftImg8bit", "gtFine")] if data_root else []
+    if pred_dir and os.path.isdir(pred_dir):
+        inputs += [os.path.join(folder, name) for folder, _, names in os.walk(pred_dir)
+                   for name in names if name.lower().endswith(".png")]
+    return inputs
 
 
 def _index_predictions(pred_dir: str) -> Dict[str, str]:
@@ -189,14 +184,16 @@ def evaluate_model_dir(predictor, data_root: str, split: str = "val", progress: 
     (the Predictor returns masks at the frame size; labels are never resized)."""
     from ddrnet.runtime.cityscapes import list_samples, load_train_ids
     from ddrnet.runtime.imageio import read_image
+    from ddrnet.runtime.labels import DEFAULT_LABEL_SET, label_set
 
-    samples = list_samples(data_root, split)  # type: List
+    lookup = label_set(predictor.manifest.get("label_set", DEFAULT_LABEL_SET)).from_label_ids
+    samples: List = list_samples(data_root, split)
     if limit is not None:
         samples = samples[:limit]
     matrix = ConfusionMatrix(len(predictor.class_names), class_names=predictor.class_names)
     for image_path, label_path in _progress(samples, progress, "eval " + split):
         bgr = read_image(image_path)
-        label = load_train_ids(label_path, expected_hw=bgr.shape[:2], image_path=image_path)
+        label = load_train_ids(label_path, expected_hw=bgr.shape[:2], image_path=image_path, lookup=lookup)
         matrix.update(predictor(bgr), label, source=image_path)
     return matrix.result()
 

@@ -19,20 +19,33 @@ import numpy as np
 
 from ddrnet.runtime import visualize
 from ddrnet.runtime.backends import Backend, create_backend
+from ddrnet.runtime.consistency import check_model
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.imageio import to_bgr8
 from ddrnet.runtime.manifest import load_manifest, to_plain, validate_manifest
+from ddrnet.runtime.signing import Trust, accept, authenticate
 from ddrnet.runtime.upsample import upsample_argmax
 
 
 class Predictor:
     def __init__(self, model_dir: str, backend: str = "onnxruntime", device: str = "cpu",
-                 threads: Optional[int] = None, precision: Optional[str] = None, spinning: bool = True):
-        """`precision` only matters for tensorrt (fp32 | fp16 | int8; default from deploy.yaml);
-        `spinning=False` lets onnxruntime's idle threads sleep (for several models sharing the cores)."""
-        manifest = load_manifest(model_dir)  # refuses files that do not match their SHA-256
+                 threads: Optional[int] = None, precision: Optional[str] = None, spinning: bool = True,
+                 trust: Trust = None):
+        """`backend`: one of backends.BACKENDS, or "auto" (the fastest installed for this host: the
+        choice is `backend_name`, the reason `backend.chosen_because`). `precision`: tensorrt's
+        (fp32 | fp16 | int8; default from deploy.yaml), openvino's (auto | fp32 | bf16), paddle's bf16;
+        `spinning=False` lets onnxruntime's idle threads sleep (for several models sharing the cores).
+        `trust`: the fleet's public key (`ddrnet keygen`'s .pub); the bundle must then carry its valid,
+        unexpired signature of a version not older than this device already ran (`ddrnet sign`,
+        runtime/signing.py). None reads DDRNET_TRUST; without a key the bundle runs unauthenticated
+        (warned once). False skips the check, for a model dir this process has just written."""
+        data, accepted = authenticate(model_dir, trust)  # the signature, before any model file is read
+        # refuses files that do not match their SHA-256; the backend names a missing file it needs
+        manifest = load_manifest(model_dir, data=data, missing_ok=True)
         engine = create_backend(manifest, model_dir, backend, device, threads, precision, spinning)
-        self._setup(model_dir, manifest, engine, backend, device)
+        self._setup(model_dir, manifest, engine, engine.name, device)
+        check_model(manifest, engine, self.input_shape)  # a swapped model, even with its hash updated
+        accept(accepted, trust)  # only a bundle that loaded becomes the newest version this device ran
 
     @classmethod
     def from_backend(cls, backend: Backend, manifest: dict, source: str = "<in-memory model>",
@@ -51,6 +64,7 @@ class Predictor:
         self.class_names = list(manifest["class_names"])  # type: List[str]
         self.palette = np.asarray(manifest["palette"], dtype=np.uint8)
         self.backend = backend
+        self._takes_frames = bool(getattr(backend, "takes_frames", False))  # Backend.takes_frames
         self.backend_name = backend_name
         self.device = device
         self.precision = getattr(backend, "precision", manifest["precision"])  # type: str
@@ -104,8 +118,23 @@ class Predictor:
             buf = self._buffers[name] = np.empty(shape, dtype=dtype)
         return buf
 
+    def _batch(self, n: int, hw: Tuple[int, int], scratch: bool = True) -> np.ndarray:
+        """The input the backend takes for n frames: [N, 3, H, W] float32, or [N, H, W, 3] uint8 BGR frames
+        for a backend that normalises in its graph (`takes_frames`)."""
+        shape, dtype = (((n,) + tuple(hw) + (3,), np.uint8) if self._takes_frames
+                        else ((n, 3) + tuple(hw), np.float32))
+        return self._scratch("input", shape, dtype) if scratch else np.empty(shape, dtype)
+
     def _fill(self, bgr: np.ndarray, out: np.ndarray) -> None:
-        """Resize, reorder channels and normalise one frame straight into out [3, H, W]."""
+        """One frame straight into its slot of _batch(): resized, and unless the backend takes frames,
+        channels reordered and normalised into out [3, H, W]."""
+        if self._takes_frames:
+            h, w = out.shape[:2]
+            if bgr.shape[:2] != (h, w):
+                cv2.resize(bgr, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
+            else:
+                np.copyto(out, bgr)
+            return
         h, w = out.shape[1:]
         if bgr.shape[:2] != (h, w):
             bgr = cv2.resize(bgr, (w, h), dst=self._scratch("resized", (h, w, 3)),
@@ -119,9 +148,10 @@ class Predictor:
                 out[c] = res
 
     def preprocess(self, bgr: np.ndarray) -> np.ndarray:
-        """The [1, 3, H, W] float32 tensor the backend gets for this frame (a new array)."""
+        """What the backend gets for this frame (a new array): the [1, 3, H, W] float32 tensor, or the
+        [1, H, W, 3] uint8 frame at network size for a backend that `takes_frames`."""
         bgr = to_bgr8(bgr, "frame")
-        tensor = np.empty((1, 3) + self.network_hw(bgr.shape[:2]), dtype=np.float32)
+        tensor = self._batch(1, self.network_hw(bgr.shape[:2]), scratch=False)
         self._fill(bgr, tensor[0])
         return tensor
 
@@ -158,12 +188,13 @@ class Predictor:
         t0 = time.perf_counter()
         bgr = to_bgr8(bgr, "frame")
         frame_hw = bgr.shape[:2]
-        tensor = self._scratch("input", (1, 3) + self.network_hw(frame_hw), np.float32)
+        net_hw = self.network_hw(frame_hw)
+        tensor = self._batch(1, net_hw)
         self._fill(bgr, tensor[0])
         t1 = time.perf_counter()
         out = self.backend.run(tensor)
         t2 = time.perf_counter()
-        mask = self._to_mask(self.class_maps(out, tensor.shape[2:])[0], frame_hw)
+        mask = self._to_mask(self.class_maps(out, net_hw)[0], frame_hw)
         self._record(t0, t1, t2, time.perf_counter())
         return mask
 
@@ -178,13 +209,14 @@ class Predictor:
         net_hw = {self.network_hw(hw) for hw in sizes}
         if not self.dynamic_batch or len(net_hw) != 1:
             return self._predict_each(frames)
-        tensor = self._scratch("input", (len(frames), 3) + net_hw.pop(), np.float32)
+        network = net_hw.pop()
+        tensor = self._batch(len(frames), network)
         for frame, slot in zip(frames, tensor):
             self._fill(frame, slot)
         t1 = time.perf_counter()
         out = self.backend.run(tensor)
         t2 = time.perf_counter()
-        maps = self.class_maps(out, tensor.shape[2:])
+        maps = self.class_maps(out, network)
         masks = [self._to_mask(m, hw) for m, hw in zip(maps, sizes)]
         self._record(t0, t1, t2, time.perf_counter())
         return masks

@@ -1,33 +1,26 @@
-"""Segment live cameras, RTSP / HTTP MJPEG streams, video files and image globs with bounded latency.
+"""Segment live cameras, RTSP / HTTP MJPEG streams, GStreamer pipelines, video files and image globs
+with bounded latency: the runner, its statistics and the summary.
 
-Threads and queues:
+Threads:
 
-* one capture thread per source (`SourceWorker`). A LIVE source (camera, rtsp://, http(s)://) puts
-  frames into a one-frame slot that keeps only the newest frame: a frame the model has not taken yet
-  is replaced and counted as dropped, so latency never grows however slow the model is. A video file
-  or image glob fills a small blocking queue instead (read in order, never dropped) unless
-  `realtime=True`, which paces it at its frame rate and treats it like a camera;
+* one capture thread per source (runtime/sources.py: `SourceWorker`, plus a `Connection` thread per
+  live connection, watched for stalls). Live sources keep only their newest frame, so latency never
+  grows however slow the model is; files and globs fill a small blocking queue (nothing dropped);
 * the caller's thread (`StreamRunner.run`) schedules: round-robin over the sources, or one
   `predict_batch` call over the newest frame of every source when the model's batch dimension is
-  dynamic. It measures frame age (capture -> inference end), keeps statistics and prints the status line;
-* one output thread (`OutputWorker`) draws overlays and writes the mp4, mask PNGs, the JSON-lines log
-  and the `--show` window, behind a bounded blocking queue, so encoding overlaps inference.
+  dynamic (in chunks of at most the backend's `max_batch`). It measures frame age (capture ->
+  inference end), keeps statistics, prints the status line and hands frames to the live view;
+* one output thread (runtime/outputs.py: `OutputWorker`) draws overlays and writes the videos, mask
+  PNGs, the JSON-lines log and the `--show` window, behind a bounded blocking queue;
+* with `--serve`, the live view's HTTP and JPEG threads (runtime/liveview.py), which never make the
+  runner wait.
 
-Live sources reconnect after end of stream, read errors or a stall (the watchdog: no frame for
-`stall_timeout` seconds, enforced by FFmpeg's open/read timeouts and by the capture loop) with
-exponential backoff and jitter (`Backoff`). A source that returns at another resolution keeps
-working: masks follow the frame size and each mp4 keeps the size of its first frame (later frames
-are resized to it, so one playable file per source).
+Per source, captured == processed + dropped + skipped in the summary (see runtime/sources.py).
 """
 from __future__ import annotations
 
 import collections
-import glob
-import json
-import os
-import queue
 import random
-import re
 import signal
 import sys
 import threading
@@ -36,214 +29,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
-import cv2
 import numpy as np
 
 from ddrnet.runtime.errors import DDRNetError
-from ddrnet.runtime.imageio import read_image, write_image
+from ddrnet.runtime.liveview import LiveView
+from ddrnet.runtime.outputs import (JsonlLog, OutputWorker, Result, VideoSink, check_outputs, choose_encoder,
+                                    has_display, mask_folders, video_paths)
+from ddrnet.runtime.capture import Backoff, Frame, FrameSlot, SourceWorker
+from ddrnet.runtime.sources import (DEFAULT_FPS, LIVE_KINDS, SourceSpec, VideoReader, open_ordered_reader,
+                                    parse_source)
 
-LIVE_KINDS = ("camera", "network")
-GLOB_CHARS = re.compile(r"[*?\[]")
-DEFAULT_FPS = 15.0  # output / pacing rate when the source does not say (globs, most live streams)
+__all__ = ["Backoff", "Console", "StreamOptions", "StreamRunner", "format_summary", "parse_source",
+           "raise_for_failed_sources", "stop_on_signals"]
 
-
-class SourceError(Exception):
-    """A live source could not be opened or read; the worker retries it."""
-
-
-# ---------------------------------------------------------------- sources
-
-
-@dataclass
-class SourceSpec:
-    """What the user asked for, classified: kind is file, glob, camera or network."""
-
-    text: str
-    kind: str
-    realtime: bool = False
-
-    @property
-    def live(self) -> bool:
-        return self.kind in LIVE_KINDS
-
-    @property
-    def drops(self) -> bool:
-        """Whether frames the model cannot keep up with are dropped (live or paced) or queued."""
-        return self.live or self.realtime
-
-
-def parse_source(text: str, realtime: bool = False) -> SourceSpec:
-    """Classify a --source value; a missing file or a glob with no match is a DDRNetError now."""
-    if re.fullmatch(r"\d+", text) or text.startswith("/dev/"):
-        return SourceSpec(text, "camera")
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        return SourceSpec(text, "network")
-    if GLOB_CHARS.search(text) and not os.path.exists(text):
-        if not _glob_files(text):
-            raise DDRNetError("{}: no files match this pattern".format(text))
-        return SourceSpec(text, "glob", realtime)
-    if not os.path.isfile(text):
-        raise DDRNetError("{}: no such file".format(text))
-    _check_video(text)
-    return SourceSpec(text, "file", realtime)
-
-
-def _check_video(path: str) -> None:
-    """Decode the first frame now, so a corrupt file fails before the model loads."""
-    cap = cv2.VideoCapture(path)
-    try:
-        ok = cap.isOpened() and cap.read()[0]
-    finally:
-        cap.release()
-    if not ok:
-        raise DDRNetError("{}: not a readable video (corrupt, truncated or unsupported)".format(path))
-
-
-def _glob_files(pattern: str) -> List[str]:
-    return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-
-
-class VideoReader:
-    """cv2.VideoCapture over a file, a camera or a network URL; read() -> BGR frame or None."""
-
-    current_file: Optional[str] = None
-
-    def __init__(self, spec: SourceSpec, timeout_s: float) -> None:
-        self.cap = _open_capture(spec, timeout_s)
-        if not self.cap.isOpened():
-            self.cap.release()
-            raise SourceError("cannot open (unreachable, refused, or not a video)")
-        fps = self.cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if 0 < fps <= 240 else None  # live backends often report nonsense
-
-    def read(self) -> Optional[np.ndarray]:
-        ok, frame = self.cap.read()
-        return frame if ok and frame is not None and frame.size else None
-
-    def close(self) -> None:
-        self.cap.release()
-
-
-def _open_capture(spec: SourceSpec, timeout_s: float) -> cv2.VideoCapture:
-    if spec.kind == "network":
-        # FFmpeg's interrupt callback honours these; they are the stall watchdog for rtsp/http.
-        ms = int(timeout_s * 1000)
-        return cv2.VideoCapture(spec.text, cv2.CAP_FFMPEG,
-                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
-    if spec.kind == "camera":
-        cap = (cv2.VideoCapture(int(spec.text)) if spec.text.isdigit()
-               else cv2.VideoCapture(spec.text, cv2.CAP_V4L2))
-        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's queue would add latency
-        return cap
-    return cv2.VideoCapture(spec.text)
-
-
-class GlobReader:
-    """Images matching a pattern, in sorted order; unreadable ones are skipped and reported."""
-
-    fps: Optional[float] = None
-
-    def __init__(self, spec: SourceSpec, on_skip: Callable[[str], None]) -> None:
-        self._paths = iter(_glob_files(spec.text))
-        self._on_skip = on_skip
-        self.current_file: Optional[str] = None
-
-    def read(self) -> Optional[np.ndarray]:
-        for path in self._paths:
-            try:
-                img = read_image(path)
-            except DDRNetError as err:
-                self._on_skip(str(err))
-                continue
-            self.current_file = path
-            return img
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-def open_ordered_reader(spec: SourceSpec, on_skip: Callable[[str], None]):
-    """Open a file or glob in the caller's thread, so a bad one is an error before anything starts."""
-    if spec.kind == "glob":
-        return GlobReader(spec, on_skip)
-    try:
-        return VideoReader(spec, timeout_s=0)  # files have no timeouts
-    except SourceError:
-        raise DDRNetError("{}: not a readable video".format(spec.text)) from None
-
-
-# ---------------------------------------------------------------- frames, slots, backoff
-
-
-@dataclass
-class Frame:
-    source: int
-    index: int  # per source, counting every captured frame, so gaps show drops
-    image: np.ndarray
-    captured: float  # time.monotonic() when the frame was read
-    wall_time: float  # time.time() at the same moment, for the log
-    file: Optional[str] = None
-
-
-class FrameSlot:
-    """Frames from one source. drop_oldest: a bounded slot that replaces (and counts) unread frames;
-    otherwise a bounded queue whose put() waits, so nothing is lost."""
-
-    def __init__(self, capacity: int, drop_oldest: bool, wakeup: threading.Event) -> None:
-        self.capacity = capacity
-        self.drop_oldest = drop_oldest
-        self.dropped = 0
-        self._items: Deque[Frame] = collections.deque()
-        self._cond = threading.Condition()
-        self._wakeup = wakeup
-
-    def put(self, frame: Frame, stop: threading.Event) -> bool:
-        """Add a frame; False when stop was set while waiting for room."""
-        with self._cond:
-            if self.drop_oldest:
-                while len(self._items) >= self.capacity:
-                    self._items.popleft()
-                    self.dropped += 1
-            else:
-                while len(self._items) >= self.capacity:
-                    if stop.is_set():
-                        return False
-                    self._cond.wait(0.05)
-            self._items.append(frame)
-        self._wakeup.set()
-        return True
-
-    def notify(self) -> None:
-        """Wake the scheduler without a frame (the source ended)."""
-        self._wakeup.set()
-
-    def take(self) -> Optional[Frame]:
-        with self._cond:
-            if not self._items:
-                return None
-            frame = self._items.popleft()
-            self._cond.notify()
-            return frame
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
-
-
-@dataclass
-class Backoff:
-    """Reconnect delays: initial * factor**(attempt-1), capped at maximum, then shortened by a random
-    fraction up to `jitter` so cameras that failed together do not reconnect in lock-step."""
-
-    initial: float = 0.25
-    factor: float = 2.0
-    maximum: float = 8.0
-    jitter: float = 0.5
-
-    def delay(self, attempt: int, rng: random.Random = random) -> float:
-        base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
-        return base * (1.0 - self.jitter * rng.random())
+RECENT_S = 5.0  # window of the status line's and the live view's FPS and frame age
 
 
 # ---------------------------------------------------------------- statistics
@@ -279,23 +78,34 @@ def percentiles(values) -> Dict[str, Optional[float]]:
             "mean": round(float(arr.mean()), 3)}
 
 
-@dataclass
-class SourceStats:
-    """Counters of one source. The capture thread owns captured..outage_s, the scheduler processed/ages."""
+class Tally:
+    """The scheduler's counters of one source: frames processed, their ages, the recent window."""
 
-    captured: int = 0
-    reconnects: int = 0
-    failed_attempts: int = 0
-    skipped: int = 0
-    outage_s: float = 0.0
-    state: str = "starting"
-    error: Optional[str] = None
-    resolutions: List[Tuple[int, int]] = field(default_factory=list)
-    processed: int = 0
-    ages: Reservoir = field(default_factory=Reservoir)
+    def __init__(self) -> None:
+        self.processed = 0
+        self.ages = Reservoir()
+        self._recent: Deque[Tuple[float, float]] = collections.deque(maxlen=512)  # (end time, age ms)
+        self._lock = threading.Lock()  # the live view reads from its own threads
+
+    def add(self, end: float, age_ms: float) -> None:
+        self.processed += 1
+        self.ages.add(age_ms)
+        with self._lock:
+            self._recent.append((end, age_ms))
+
+    def recent(self, now: float) -> List[Tuple[float, float]]:
+        with self._lock:
+            return [r for r in self._recent if now - r[0] <= RECENT_S]
 
 
-# ---------------------------------------------------------------- options and events
+def recent_rates(recent: List[Tuple[float, float]]) -> Tuple[float, Dict[str, Optional[float]]]:
+    """(FPS, age percentiles) of (end time, age ms) pairs."""
+    ends = sorted(e for e, _ in recent)
+    span = ends[-1] - ends[0] if ends else 0.0
+    return ((len(ends) - 1) / span if span > 0 else 0.0), percentiles([a for _, a in recent])
+
+
+# ---------------------------------------------------------------- options and console
 
 
 @dataclass
@@ -348,320 +158,38 @@ class Console:
             self._status_shown = False
 
 
-class JsonlLog:
-    """One JSON object per line, written as it happens (a log is complete line by line)."""
-
-    def __init__(self, path: str) -> None:
-        try:
-            self._file = open(path, "w", encoding="utf-8", buffering=1)
-        except OSError as err:
-            raise DDRNetError("{}: cannot write ({})".format(path, err.strerror)) from None
-        self._lock = threading.Lock()
-
-    def write(self, record: Dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"))
-        with self._lock:
-            if not self._file.closed:
-                self._file.write(line + "\n")
-
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()
-
-
-# ---------------------------------------------------------------- capture thread
-
-
-class SourceWorker(threading.Thread):
-    """Reads one source into its slot; live sources reconnect with backoff until stopped or given up."""
-
-    def __init__(self, index: int, spec: SourceSpec, slot: FrameSlot, options: StreamOptions,
-                 stop: threading.Event, report: Callable[..., None], reader=None) -> None:
-        super().__init__(name="capture-{}".format(index), daemon=True)
-        self.index = index
-        self.spec = spec
-        self.slot = slot
-        self.options = options
-        self.stop_event = stop
-        self.report = report  # report(source, event, detail, **extra): console + log
-        self.reader = reader  # files and globs are opened by the runner
-        self.stats = SourceStats()
-        self.done = False
-        self._rng = random.Random()
-
-    def run(self) -> None:
-        try:
-            if self.spec.live:
-                self._run_live()
-            else:
-                self._run_ordered()
-        except Exception as err:  # a worker must never die silently: the runner reports it
-            self.stats.state = "failed"
-            self.stats.error = "{}: {}".format(type(err).__name__, err)
-        finally:
-            self.done = True
-            self.slot.notify()
-
-    # files and globs
-    def _run_ordered(self) -> None:
-        reader = self.reader
-        fps = reader.fps or self.options.fps or DEFAULT_FPS
-        start = time.monotonic()
-        self.stats.state = "reading"
-        try:
-            while not self.stop_event.is_set():
-                img = reader.read()
-                if img is None:
-                    break
-                if self.spec.realtime:  # release each frame at its own time, like a camera would
-                    self.stop_event.wait(max(0.0, start + self.stats.captured / fps - time.monotonic()))
-                if not self.slot.put(self._frame(img, reader.current_file), self.stop_event):
-                    break
-        finally:
-            reader.close()
-        if self.stats.captured == 0 and not self.stop_event.is_set():
-            self.stats.state = "failed"
-            self.stats.error = "no readable frame" + (" ({} unreadable files)".format(self.stats.skipped)
-                                                      if self.stats.skipped else "")
-        elif self.stats.state == "reading":
-            self.stats.state = "finished"
-
-    # cameras and network streams
-    def _run_live(self) -> None:
-        failures = 0  # consecutive attempts that produced no frame
-        lost_at: Optional[float] = None
-        while not self.stop_event.is_set():
-            got, reason = self._connect_and_read(lost_at)
-            if self.stop_event.is_set():
-                break
-            if got:  # a connection that delivered frames: the outage and the backoff start afresh
-                failures = 0
-                lost_at = time.monotonic()
-            else:
-                self.stats.failed_attempts += 1
-            failures += 1
-            limit = self.options.max_reconnects
-            if limit is not None and failures > limit:
-                self.stats.state = "failed"
-                self.stats.error = "gave up after {} attempt{}: {}".format(
-                    failures, "s" if failures > 1 else "", reason)
-                self.report(self.index, "gave_up", self.stats.error)
-                return
-            delay = self.options.backoff.delay(failures, self._rng)
-            self.stats.state = "waiting"
-            self.report(self.index, "disconnected" if got else "retry",
-                        "{}; retrying in {:.2f} s".format(reason, delay), retry_in_s=round(delay, 3))
-            self.stop_event.wait(delay)
-        self.stats.state = "stopped"
-
-    def _connect_and_read(self, lost_at: Optional[float]) -> Tuple[int, str]:
-        """One connection: (frames read, why it ended)."""
-        self.stats.state = "connecting"
-        try:
-            reader = VideoReader(self.spec, self.options.stall_timeout)
-        except SourceError as err:
-            return 0, str(err)
-        got = 0
-        try:
-            last = time.monotonic()
-            while not self.stop_event.is_set():
-                img = reader.read()
-                now = time.monotonic()
-                if img is None:
-                    if now - last >= 0.9 * self.options.stall_timeout:
-                        return got, "no frame for {:.1f} s (stalled)".format(now - last)
-                    return got, "end of stream or read error"
-                last = now
-                if got == 0:
-                    self._on_connected(img, lost_at)
-                got += 1
-                self.slot.put(self._frame(img, None), self.stop_event)
-            return got, "stopped"
-        finally:
-            reader.close()
-
-    def _on_connected(self, img: np.ndarray, lost_at: Optional[float]) -> None:
-        self.stats.state = "streaming"
-        if lost_at is None:  # the first connection is not a reconnect
-            return
-        self.stats.reconnects += 1
-        self.stats.outage_s += time.monotonic() - lost_at
-        width, height = int(img.shape[1]), int(img.shape[0])
-        self.report(self.index, "reconnected", "{}x{}".format(width, height), width=width, height=height)
-
-    def _track_size(self, size: Tuple[int, int]) -> None:
-        if not self.stats.resolutions or self.stats.resolutions[-1] != size:
-            self.stats.resolutions.append(size)
-
-    def _frame(self, img: np.ndarray, file: Optional[str]) -> Frame:
-        index = self.stats.captured
-        self.stats.captured += 1
-        self._track_size((int(img.shape[1]), int(img.shape[0])))
-        return Frame(self.index, index, img, time.monotonic(), time.time(), file)
-
-
-# ---------------------------------------------------------------- outputs
-
-
-class VideoSink:
-    """An mp4 ('mp4v') written under a temporary name and renamed on close, so a file with the final
-    name is always complete. Its size is the first frame's (rounded down to even, which the codec
-    needs); frames of another size are resized to it."""
-
-    def __init__(self, path: str, fps: float) -> None:
-        self.path = path
-        self.fps = fps
-        self.frames = 0
-        self._tmp = os.path.splitext(path)[0] + ".partial.mp4"
-        self._writer: Optional[cv2.VideoWriter] = None
-        self._size: Optional[Tuple[int, int]] = None
-
-    def write(self, bgr: np.ndarray) -> None:
-        if self._writer is None:
-            self._size = (max(2, bgr.shape[1] // 2 * 2), max(2, bgr.shape[0] // 2 * 2))
-            self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
-            if not self._writer.isOpened():
-                raise DDRNetError("{}: cannot open a video writer".format(self.path))
-        if (bgr.shape[1], bgr.shape[0]) != self._size:
-            bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(bgr)
-        self.frames += 1
-
-    def close(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.release()  # writes the mp4 index: without it the file does not play
-        self._writer = None
-        os.replace(self._tmp, self.path)
-
-
-@dataclass
-class Result:
-    frame: Frame
-    mask: np.ndarray
-    timing: Dict[str, float]
-    age_ms: float
-    batch: int
-    dropped: int
-
-
-class OutputWorker(threading.Thread):
-    """Overlays, mp4, mask PNGs, the log and the window, off the inference thread."""
-
-    def __init__(self, predictor, videos: List[Optional[VideoSink]], mask_dirs: List[Optional[str]],
-                 log: Optional[JsonlLog], show: bool, depth: int, on_quit: Callable[[], None]) -> None:
-        super().__init__(name="outputs", daemon=True)
-        self.predictor = predictor
-        self.videos = videos
-        self.mask_dirs = mask_dirs
-        self.log = log
-        self.show = show
-        self.on_quit = on_quit
-        self.queue: "queue.Queue[Optional[Result]]" = queue.Queue(maxsize=depth)
-        self.error: Optional[BaseException] = None
-
-    def run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue  # keep draining so the scheduler never blocks on a dead writer
-            try:
-                self._write(item)
-            except Exception as err:
-                self.error = err
-                self.on_quit()
-
-    def _write(self, r: Result) -> None:
-        f = r.frame
-        if self.log is not None:
-            record = {"type": "frame", "source": f.source, "frame": f.index, "capture_time": round(f.wall_time, 6),
-                      "age_ms": round(r.age_ms, 3), "dropped": r.dropped, "batch": r.batch,
-                      "width": int(f.image.shape[1]), "height": int(f.image.shape[0])}
-            record.update({k: round(float(v), 3) for k, v in r.timing.items()})
-            if f.file is not None:
-                record["file"] = f.file
-            self.log.write(record)
-        video = self.videos[f.source]
-        if video is not None or self.show:
-            overlay = self.predictor.overlay(f.image, r.mask)
-            if video is not None:
-                video.write(overlay)
-            if self.show:
-                self._show(f.source, overlay)
-        if self.mask_dirs[f.source] is not None:
-            write_image(os.path.join(self.mask_dirs[f.source], "{:06d}.png".format(f.index)), r.mask)
-
-    def _show(self, source: int, overlay: np.ndarray) -> None:
-        cv2.imshow("ddrnet stream: source {}".format(source), overlay)
-        if cv2.waitKey(1) & 0xFF in (27, ord("q")):
-            self.on_quit()
-
-
-def has_display() -> bool:
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
-
-
-def output_paths(out: Optional[str], count: int) -> List[Optional[str]]:
-    """--out FILE for one source, --out DIR (source<i>.mp4) for any number; parent folders are made."""
-    if out is None:
-        return [None] * count
-    is_file = os.path.splitext(out)[1] != "" and not os.path.isdir(out)
-    if is_file and count > 1:
-        raise DDRNetError("{}: with {} sources --out must be a folder (one source<i>.mp4 each)".format(out, count))
-    if is_file and not out.lower().endswith(".mp4"):
-        raise DDRNetError("{}: the overlay video must be an .mp4".format(out))
-    folder = (os.path.dirname(out) or ".") if is_file else out
-    _ensure_writable_dir(folder)
-    return [out] if is_file else [os.path.join(out, "source{}.mp4".format(i)) for i in range(count)]
-
-
-def mask_folders(masks: Optional[str], count: int) -> List[Optional[str]]:
-    """--masks DIR: DIR/<frame>.png for one source, DIR/source<i>/<frame>.png for several."""
-    if masks is None:
-        return [None] * count
-    folders = [masks] if count == 1 else [os.path.join(masks, "source{}".format(i)) for i in range(count)]
-    for folder in folders:
-        _ensure_writable_dir(folder)
-    return folders
-
-
-def _ensure_writable_dir(folder: str) -> None:
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise DDRNetError("{}: cannot create folder ({})".format(folder, err.strerror)) from None
-    if not os.access(folder, os.W_OK):
-        raise DDRNetError("{}: folder is not writable".format(folder))
-
-
 # ---------------------------------------------------------------- the runner
 
 
 class StreamRunner:
-    """Runs a predictor over sources until they end, `max_frames`, or stop(); returns the summary."""
+    """Runs a predictor over sources until they end, `max_frames`, or stop(); returns the summary.
+    `open_reader` opens live sources (tests inject faulty devices there); `live_view` is a bound
+    LiveView (`--serve`) that the run starts and closes."""
 
     def __init__(self, predictor, sources: List[SourceSpec], options: Optional[StreamOptions] = None,
-                 console: Optional[Console] = None) -> None:
+                 console: Optional[Console] = None, live_view: Optional[LiveView] = None,
+                 open_reader: Callable[[SourceSpec, float], VideoReader] = VideoReader) -> None:
         if not sources:
             raise DDRNetError("no --source given")
         self.predictor = predictor
         self.specs = sources
         self.options = options or StreamOptions()
         self.console = console or Console()
+        self.live_view = live_view
+        self.open_reader = open_reader
         self.stop_reason: Optional[str] = None
         self.workers: List[SourceWorker] = []  # made by run(), one per source
+        self.tallies = [Tally() for _ in sources]
+        self.encoder = None
         self._stop = threading.Event()
         self._wakeup = threading.Event()
         self._log: Optional[JsonlLog] = None
-        self._recent: Deque[Tuple[float, float]] = collections.deque(maxlen=256)  # (end time, age ms)
         self._ages = Reservoir()
         self._model_ms = Reservoir()
         self._next_source = 0
+        self._start = self._end = None  # type: Optional[float]
         self._batch = self._decide_batching()
+        self._max_batch = getattr(getattr(predictor, "backend", None), "max_batch", None)
 
     def stop(self, reason: str = "stopped") -> None:
         """Thread- and signal-safe: the run loop ends after the current inference."""
@@ -672,31 +200,38 @@ class StreamRunner:
 
     def run(self) -> Dict[str, Any]:
         opts = self.options
-        videos = output_paths(opts.out, len(self.specs))
-        masks = mask_folders(opts.masks, len(self.specs))
-        if opts.jsonl:
-            self._log = JsonlLog(opts.jsonl)
+        check_outputs(self.specs, opts.out, opts.masks, opts.jsonl)
+        videos = video_paths(opts.out, len(self.specs))
         show = opts.show and has_display()
         if opts.show and not show:
             self.console.message("warning: --show ignored: no display (DISPLAY/WAYLAND_DISPLAY unset)")
+        if opts.out:
+            self.encoder = choose_encoder()
+            self.console.message("overlay video: " + self.encoder.description)
+        if opts.jsonl:
+            self._log = JsonlLog(opts.jsonl)
         try:
             self.workers = self._make_workers()
-            sinks = [VideoSink(p, self._output_fps(w)) if p else None for p, w in zip(videos, self.workers)]
-            self.outputs = OutputWorker(self.predictor, sinks, masks, self._log, show,
-                                        2 * opts.queue_depth, lambda: self.stop("quit"))
+            sinks = [VideoSink(p, self._output_fps(w), self.encoder) if p else None
+                     for p, w in zip(videos, self.workers)]
+            self.outputs = OutputWorker(self.predictor, sinks, mask_folders(opts.masks, len(self.specs)),
+                                        self._log, show, 2 * opts.queue_depth, lambda: self.stop("quit"))
             self._start = time.monotonic()
             self._last_status = self._start
+            self._start_live_view()
             self.outputs.start()
             for w in self.workers:
                 w.start()
             try:
                 self._loop()
             finally:
-                self._shutdown(sinks)
+                self._shutdown()
             summary = self.summary()
             if self._log is not None:
                 self._log.write(dict(summary, type="summary"))
         finally:
+            if self.live_view is not None:
+                self.live_view.close()
             if self._log is not None:
                 self._log.close()
         return summary
@@ -736,7 +271,11 @@ class StreamRunner:
             self._maybe_status()
 
     def _take_frames(self, room: Optional[int]) -> List[Frame]:
-        """Round-robin: the next source with a frame. Batch: the newest frame of every source."""
+        """Round-robin: the next source with a frame. Batch: the newest frame of every source, at
+        most the backend's max_batch (the next round starts after the last source served, so the
+        others' slots meanwhile refill with fresher frames)."""
+        if self._max_batch is not None:
+            room = self._max_batch if room is None else min(room, self._max_batch)
         n = len(self.workers)
         frames: List[Frame] = []
         for k in range(n):
@@ -765,14 +304,15 @@ class StreamRunner:
         end = time.monotonic()
         timing = dict(getattr(self.predictor, "last_timing", None) or {})
         self._model_ms.add(sum(timing.get(k, 0.0) for k in ("pre_ms", "infer_ms", "post_ms")))
+        view = self.live_view
         for frame, mask in zip(frames, masks):
             age_ms = (end - frame.captured) * 1000.0
-            worker = self.workers[frame.source]
-            worker.stats.processed += 1
-            worker.stats.ages.add(age_ms)
+            self.tallies[frame.source].add(end, age_ms)
             self._ages.add(age_ms)
-            self._recent.append((end, age_ms))
-            self.outputs.queue.put(Result(frame, mask, timing, age_ms, len(frames), worker.slot.dropped))
+            if view is not None:
+                view.offer(frame.source, frame.image, mask)
+            self.outputs.queue.put(Result(frame, mask, timing, age_ms, len(frames),
+                                          self.workers[frame.source].slot.dropped))
 
     def _all_done(self) -> bool:
         # Workers first: a worker sets done after its last put, so an empty slot seen later is final.
@@ -781,15 +321,17 @@ class StreamRunner:
     # setup and teardown
     def _make_workers(self) -> List[SourceWorker]:
         workers = []
+        opts = self.options
         for i, spec in enumerate(self.specs):
-            slot = FrameSlot(1 if spec.drops else self.options.queue_depth, spec.drops, self._wakeup)
+            slot = FrameSlot(1 if spec.drops else opts.queue_depth, spec.drops, self._wakeup)
             reader = None if spec.live else open_ordered_reader(spec, self._skipper(i))
-            workers.append(SourceWorker(i, spec, slot, self.options, self._stop, self._report, reader))
+            workers.append(SourceWorker(i, spec, slot, self._stop, self._report, opts.stall_timeout, opts.backoff,
+                                        opts.max_reconnects, opts.fps, reader, self.open_reader))
         return workers
 
     def _skipper(self, index: int) -> Callable[[str], None]:
         def skip(detail: str) -> None:
-            self.workers[index].stats.skipped += 1
+            self.workers[index].skip()
             self._report(index, "skipped", detail)
         return skip
 
@@ -797,22 +339,32 @@ class StreamRunner:
         native = getattr(worker.reader, "fps", None)
         return self.options.fps or native or DEFAULT_FPS
 
+    def _start_live_view(self) -> None:
+        view = self.live_view
+        if view is None:
+            return
+        view.start([s.display for s in self.specs], self.live_status, self.predictor.overlay)
+        self.console.message("live view: {}{}".format(view.url, " (token required)" if view.token else ""))
+        if view.exposed and not view.token:
+            self.console.message("warning: the live view on {} has no token: anyone on that network can "
+                                 "watch (--token or {})".format(view.url, "DDRNET_STREAM_TOKEN"))
+
     def _report(self, source: int, event: str, detail: str, **extra: Any) -> None:
-        self.console.message("source {} ({}): {}: {}".format(source, self.specs[source].text, event, detail))
+        self.console.message("source {} ({}): {}: {}".format(source, self.specs[source].display, event, detail))
         if self._log is not None:
             self._log.write(dict({"type": "event", "time": round(time.time(), 6), "source": source,
                                   "event": event, "detail": detail}, **extra))
 
-    def _shutdown(self, sinks: List[Optional[VideoSink]]) -> None:
+    def _shutdown(self) -> None:
         self._stop.set()
         for w in self.workers:
             w.join(timeout=max(1.0, self.options.stall_timeout + 1.0))
+        for w in self.workers:  # frames read but never inferred count as dropped, so the counts add up
+            w.slot.discard()
         self.outputs.queue.put(None)  # drain what was inferred, then close the writers
         self.outputs.join()
         self._end = time.monotonic()
-        for sink in sinks:
-            if sink is not None:
-                sink.close()
+        self.outputs.close()
         self.console.close()
         if self.outputs.error is not None:
             raise self.outputs.error
@@ -826,34 +378,48 @@ class StreamRunner:
         self.console.status(self.status_line(now))
 
     def status_line(self, now: float) -> str:
-        recent = [r for r in self._recent if now - r[0] <= 5.0]  # the last 5 s at most
-        span = recent[-1][0] - recent[0][0] if recent else 0.0
-        fps = (len(recent) - 1) / span if span > 0 else 0.0
-        age = percentiles([a for _, a in recent])
+        recent = [r for t in self.tallies for r in t.recent(now)]
+        fps, age = recent_rates(recent)
         parts = ["{:6.1f} s  {:5.1f} FPS  age p50 {} p99 {} ms".format(
             now - self._start, fps, _fmt(age["p50"]), _fmt(age["p99"]))]
-        for i, w in enumerate(self.workers):
+        for i, (w, t) in enumerate(zip(self.workers, self.tallies)):
             parts.append("s{} {} {} fr {} drop {} reconn".format(
-                i, w.stats.state, w.stats.processed, w.slot.dropped, w.stats.reconnects))
+                i, w.stats.state, t.processed, w.slot.dropped, w.stats.reconnects))
         return " | ".join(parts)
 
-    def summary(self) -> Dict[str, Any]:
-        end = getattr(self, "_end", time.monotonic())
-        seconds = max(1e-9, end - self._start)
-        total = sum(w.stats.processed for w in self.workers)
+    def _source_counts(self, i: int, now: float) -> Dict[str, Any]:
+        w, t = self.workers[i], self.tallies[i]
+        s = w.stats
+        return {"source": i, "uri": w.spec.display, "kind": w.spec.kind, "state": s.state, "error": s.error,
+                "captured": s.captured, "processed": t.processed, "dropped": w.slot.dropped,
+                "dropped_at_stop": w.slot.dropped_at_stop,
+                "skipped": s.skipped, "reconnects": s.reconnects, "reconnect_attempts": s.reconnect_attempts,
+                "failed_attempts": s.failed_attempts, "outage_s": round(w.outage_s(now), 3),
+                "resolutions": [list(r) for r in s.resolutions]}
+
+    def live_status(self) -> Dict[str, Any]:
+        """Counters now (the live view's /status): totals, and per source the recent FPS and age."""
+        now = time.monotonic()
         sources = []
-        for i, w in enumerate(self.workers):
-            s = w.stats
-            sources.append({
-                "source": i, "uri": w.spec.text, "kind": w.spec.kind, "state": s.state, "error": s.error,
-                "captured": s.captured, "processed": s.processed, "dropped": w.slot.dropped,
-                "skipped": s.skipped, "reconnects": s.reconnects, "failed_attempts": s.failed_attempts,
-                "outage_s": round(s.outage_s, 3), "resolutions": [list(r) for r in s.resolutions],
-                "fps": round(s.processed / seconds, 3), "age_ms": s.ages.percentiles(),
-            })
-        return {"frames": total, "seconds": round(seconds, 3), "fps": round(total / seconds, 3),
-                "stopped_by": self.stop_reason, "batched": self._batch, "age_ms": self._ages.percentiles(),
-                "model_ms": self._model_ms.percentiles(), "sources": sources}
+        for i, t in enumerate(self.tallies):
+            fps, age = recent_rates(t.recent(now))
+            sources.append(dict(self._source_counts(i, now), fps=round(fps, 3), age_ms=age))
+        fps, age = recent_rates([r for t in self.tallies for r in t.recent(now)])
+        return {"uptime_s": round(now - self._start, 3), "frames": sum(t.processed for t in self.tallies),
+                "fps": round(fps, 3), "age_ms": age, "recent_s": RECENT_S, "sources": sources}
+
+    def summary(self) -> Dict[str, Any]:
+        end = self._end or time.monotonic()
+        seconds = max(1e-9, end - self._start)
+        sources = [dict(self._source_counts(i, end), fps=round(t.processed / seconds, 3), age_ms=t.ages.percentiles())
+                   for i, t in enumerate(self.tallies)]
+        totals = {k: sum(s[k] for s in sources) for k in ("captured", "dropped", "skipped")}
+        total = sum(t.processed for t in self.tallies)
+        return dict({"frames": total, "seconds": round(seconds, 3), "fps": round(total / seconds, 3),
+                     "stopped_by": self.stop_reason, "batched": self._batch, "max_batch": self._max_batch,
+                     "video": self.encoder.description if self.encoder else None,
+                     "age_ms": self._ages.percentiles(), "model_ms": self._model_ms.percentiles(),
+                     "sources": sources}, **totals)
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -866,11 +432,16 @@ def format_summary(summary: Dict[str, Any]) -> str:
         _fmt(summary["age_ms"]["p50"]), _fmt(summary["age_ms"]["p99"]))]
     for s in summary["sources"]:
         sizes = ", ".join("{}x{}".format(*r) for r in s["resolutions"]) or "-"
-        lines.append("  source {} {}: {} processed, {} captured, {} dropped, {} reconnects, {} skipped, "
-                     "age p50 {} p99 {} ms, sizes {}, {}{}".format(
-                         s["source"], s["uri"], s["processed"], s["captured"], s["dropped"], s["reconnects"],
-                         s["skipped"], _fmt(s["age_ms"]["p50"]), _fmt(s["age_ms"]["p99"]), sizes, s["state"],
+        left = " ({} left at the stop)".format(s["dropped_at_stop"]) if s["dropped_at_stop"] else ""
+        live = ("; {} reconnects of {} attempts, outage {:.1f} s".format(
+            s["reconnects"], s["reconnect_attempts"], s["outage_s"]) if s["kind"] in LIVE_KINDS else "")
+        lines.append("  source {} {}: {} captured = {} processed + {} dropped{} + {} skipped{}; age p50 {} p99 {} "
+                     "ms, sizes {}, {}{}".format(
+                         s["source"], s["uri"], s["captured"], s["processed"], s["dropped"], left, s["skipped"],
+                         live, _fmt(s["age_ms"]["p50"]), _fmt(s["age_ms"]["p99"]), sizes, s["state"],
                          ": " + s["error"] if s["error"] else ""))
+    if summary.get("video"):
+        lines.append("  overlay video: " + summary["video"])
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Local, loopback-only stream fixtures shared by tests/test_stream.py and benchmarks/soak_stream.py.
+"""Local, loopback-only stream fixtures shared by tests/test_stream*.py and benchmarks/soak_stream.py,
+benchmarks/stream_viewers.py (the live view's client is tests/mjpeg_viewer.py).
 
 `MjpegServer` serves multipart MJPEG over HTTP on 127.0.0.1 (port 0 -> the OS picks a free port) and
 lets a test inject the faults cars see: a stall (connection open, no frames), a cut (every connection
@@ -163,36 +164,3 @@ class MjpegServer:
             self._connections.discard(conn)
 
 
-def write_tiny_model(model_dir: str) -> str:
-    """A real exported-model dir for the real Predictor: a 1x1 Conv 3->19 + ArgMax ONNX graph with
-    dynamic N/H/W, plus its deploy.yaml. Fast enough that the stream, not the model, is under test."""
-    import os
-
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from ddrnet.runtime.labels import CLASS_NAMES, NUM_CLASSES, PALETTE
-    from ddrnet.runtime.manifest import write_manifest
-
-    os.makedirs(model_dir, exist_ok=True)
-    weight = np.random.RandomState(0).randn(NUM_CLASSES, 3, 1, 1).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["logits"]),
-         helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)],
-        "tiny_seg",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N", "H", "W"])],
-        initializer=[numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8  # readable by every onnxruntime the runtime supports
-    onnx.checker.check_model(model)
-    onnx.save(model, os.path.join(model_dir, "model.onnx"))
-    write_manifest(model_dir, {
-        "schema_version": 1, "model_name": "tiny_conv_argmax", "num_classes": NUM_CLASSES,
-        "class_names": list(CLASS_NAMES), "palette": PALETTE, "precision": "fp32",
-        "input": {"name": "x", "shape": [-1, 3, -1, -1], "color_order": "RGB", "layout": "NCHW",
-                  "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-        "output": {"op": "argmax"},
-        "files": [{"format": "onnx", "role": "model", "path": "model.onnx"}],
-    })
-    return model_dir

@@ -25,7 +25,7 @@ def suite_results(tmp_path_factory):
     art = suite.build_artifacts("ddrnet23_slim", HW, weights, pruned, None, None, 2, os.path.join(work, "art"))
     macs = {"full": suite.variants.model_macs(weights, HW), "pruned": suite.variants.model_macs(pruned, HW)}
     frame = suite.variants.calibration_frames(1, HW, None)[0]
-    rows = suite.timing.measure(suite.subjects_for(art, 1, frame, macs), budget_s=0.5, min_iters=3, max_iters=5)
+    rows = suite.measure_for(suite.subjects_for(art, 1, frame, macs), budget_s=0.5, min_rounds=3, max_rounds=5)
     profile = {"ddrnet23_slim@64x128": suite.profile_models(art, frame, 1, runs=2)}
     results = {"command": "pytest", "mode": "test", "started": "-", "finished": "-", "host": host_info(),
                "versions": {}, "trained_weights": {}, "qat_weights": {}, "data_root": None,
@@ -38,14 +38,27 @@ def suite_results(tmp_path_factory):
 
 
 def test_every_format_is_timed_with_real_samples(suite_results):
+    import openvino
+
+    from ddrnet.runtime.openvino_backend import has_bf16
+
     rows = suite_results["rows"]
+    openvino_rows = ["openvino_fp32"] + (["openvino_bf16"] if has_bf16(openvino.Core()) else []) + [
+        "openvino_int8_ours", "openvino_int8_nncf", "predictor_openvino_fp32", "predictor_openvino_int8_nncf",
+        "predictor_openvino_lowres", "predictor_openvino_int8_lowres"]
     assert [r["format"] for r in rows] == ["paddle_fp32", "onnx_fp32", "predictor_fp32", "onnx_int8_ours",
                                            "onnx_int8_quantize_static", "onnx_fp32_pruned30", "predictor_int8_ours",
-                                           "predictor_fp32_lowres", "predictor_int8_lowres"]
+                                           "predictor_fp32_lowres", "predictor_int8_lowres"] + openvino_rows
     for row in rows:
         assert 3 <= row["iterations"] <= 5
         assert 0 < row["latency_ms"]["min"] <= row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
-        assert row["fps"] == pytest.approx(1000.0 / row["latency_ms"]["p50"])
+        assert row["fps_p50"] == pytest.approx(1000.0 / row["latency_ms"]["p50"])
+        assert row["fps_mean"] == pytest.approx(1000.0 / row["latency_ms"]["mean"])
+    by_format = {r["format"]: r for r in rows}
+    # OpenVINO records the precision it ran the float layers in; INT8 models stay int8
+    assert by_format["openvino_fp32"]["inference_precision"] == "fp32"
+    assert by_format["predictor_openvino_int8_lowres"]["precision"] == "int8"
+    assert by_format["predictor_openvino_fp32"]["precision"] in ("fp32", "bf16")
 
 
 def test_our_int8_runs_every_convolution_as_an_integer_kernel(suite_results):
@@ -63,8 +76,8 @@ def test_report_has_every_section_and_only_measured_ratios(suite_results):
     import report
 
     text = open(os.path.join(suite_results["out"], "README.md")).read()
-    for heading in ("## Host peak", "## Key ratios", "## Head:", "## Latency, FPS and efficiency",
-                    "## Where the time goes", "## What onnxruntime runs"):
+    for heading in ("## Host peak", "## Key ratios", "## Head:", "## OpenVINO and the fastest CPU path",
+                    "## Latency, FPS and efficiency", "## Where the time goes", "## What onnxruntime runs"):
         assert heading in text
     assert report.NA_UNTRAINED in text
     assert all(os.path.getsize(p) > 0 for p in suite_results["written"])
@@ -75,6 +88,10 @@ def test_report_has_every_section_and_only_measured_ratios(suite_results):
     ours = next(x for x in suite_results["rows"] if x["format"] == "onnx_int8_ours")["latency_ms"]["p50"]
     assert r["int8_ours_vs_onnx_fp32"] == pytest.approx(fp32 / ours)
     assert r["int8_vs_fp32_lowres_end_to_end"] > 0 and r["lowres_gain_fp32"] > 0
+    ours = next(x for x in suite_results["rows"] if x["format"] == "predictor_openvino_int8_lowres")
+    peer = next(x for x in suite_results["rows"] if x["format"] == "predictor_openvino_int8_nncf")
+    assert r["openvino_ours_vs_nncf_end_to_end"] == pytest.approx(peer["latency_ms"]["p50"] / ours["latency_ms"]["p50"])
+    assert report.fastest_end_to_end(suite_results["rows"], key)["format"].startswith("predictor")
 
 
 def test_profile_splits_the_time_by_operator(suite_results):
@@ -88,26 +105,19 @@ def test_profile_splits_the_time_by_operator(suite_results):
         assert ("QLinearConv" in ops) == ("int8" in name) and ("ArgMax" in ops) == ("lowres" not in name)
 
 
-def test_gpu_paths_start_or_leave_a_note(suite_results, tmp_path):
-    """`run.py --device gpu`: every GPU path is timed where it starts, else noted (here: no CUDA, no
-    tensorrt, a CPU-only paddlepaddle), never timed on the CPU in its place."""
-    import gpu
-    import numpy as np
-    import paddle
-    import run as suite
+def test_peak_measures_every_precision(suite_results):
+    import report
 
-    weights = suite.variants.random_checkpoint("ddrnet23_slim", str(tmp_path / "w"))
-    frames = suite.variants.calibration_frames(2, HW, None)
-    art = gpu.build(weights, HW, frames, str(tmp_path / "gpu"))
-    tensor = np.zeros((1, 3) + HW, np.float32)
-    subjects, notes = gpu.subjects(art, tensor, {"model": "ddrnet23_slim", "hw": list(HW), "threads": "gpu"})
-    keys = [key for key, _, _, _ in gpu.openers(art)]
-    assert sorted([s.labels["format"] for s in subjects] + list(notes)) == sorted(keys)
-    if not paddle.device.is_compiled_with_cuda():
-        assert "paddle_gpu_fp32" in notes and "no CUDA support" in notes["paddle_gpu_fp32"]
-
-
-def test_peak_measures_both_precisions(suite_results):
     p = suite_results["results"]["peak"]
     assert p["numpy_sgemm_gmacs"] > 0 and p["fp32_gmacs"]["1"] > 0 and p["int8_gmacs"]["1"] > 0
+    assert p["openvino"]["fp32"]["1"] > 0 and p["openvino"]["int8"]["1"] > 0
     json.dumps(p)  # what run.py writes
+    results = suite_results["results"]
+    # each precision is held against its own limit: INT8 the best integer rate, BF16 OpenVINO's BF16 one
+    int8 = dict(suite_results["rows"][0], precision="int8", threads=1)
+    assert report.efficiency(results, int8) == pytest.approx(report.achieved_gmacs(int8) / max(
+        p["int8_gmacs"]["1"], p["openvino"]["int8"]["1"]))
+    if "bf16" in p["openvino"]:
+        bf16 = dict(int8, precision="bf16")
+        assert report.efficiency(results, bf16) == pytest.approx(
+            report.achieved_gmacs(bf16) / p["openvino"]["bf16"]["1"])

@@ -16,7 +16,7 @@ import paddle  # noqa: E402
 
 import torch_ddrnet  # noqa: E402
 from ddrnet.runtime.errors import DDRNetError  # noqa: E402
-from ddrnet.train.checkpoint import load_model  # noqa: E402
+from ddrnet.train.checkpoint import load_checkpoint  # noqa: E402
 from ddrnet.train.convert import convert_torch_checkpoint  # noqa: E402
 from ddrnet.train.model import ARCHS, build_model  # noqa: E402
 
@@ -83,7 +83,7 @@ def test_converted_weights_reproduce_pytorch_logits(torch_slim, converted):
                                       avg_pool_exclusive=False, down3_same_padding=False)
     assert converted["missing_keys"] == [] and converted["skipped_keys"] == []
     # the checkpoint loader builds the model from the sidecar, with PyTorch's padding rules
-    model, meta = load_model(converted["dst"])
+    model, meta = load_checkpoint(converted["dst"])[:2]
     assert meta["avg_pool_exclusive"] is False and meta["down3_same_padding"] is False
     for h, w in SIZES:
         image = random_image(h, w)
@@ -161,7 +161,7 @@ def test_architecture_is_detected_and_reproduced(name, augment, tmp_path):
     report = convert_torch_checkpoint(path, str(tmp_path / "out.pdparams"), None)
     assert report["model"]["name"] == name and report["model"]["aux_head"] is augment
     assert report["missing_keys"] == []
-    model, _ = load_model(report["dst"], aux_head=augment)
+    model = load_checkpoint(report["dst"], aux_head=augment).model
     image = random_image(64, 128)
     assert_close(paddle_logits(model, image), torch_logits(source, image))
     if augment:  # the auxiliary head (training only) converts too

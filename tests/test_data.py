@@ -14,7 +14,7 @@ import pytest
 from ddrnet.runtime.cityscapes import city_frame_key, list_samples, load_train_ids
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.labels import CLASS_NAMES, ID_TO_TRAIN_ID, LABELS
-from ddrnet.train import data, synth
+from ddrnet.train import data, scene, synth
 
 SIZE = (64, 128)
 
@@ -66,20 +66,20 @@ def test_generator_is_deterministic_and_frames_do_not_depend_on_the_count(tmp_pa
     before = {f: open(os.path.join(a, f), "rb").read() for f in files_a}
     synth.generate(a, 2, 1, size=SIZE, seed=5)  # re-run over the same folder: same bytes
     assert all(open(os.path.join(a, f), "rb").read() == data for f, data in before.items())
-    other, _ = synth.render(6, "train", 0, SIZE)
+    other, _ = scene.render(6, "train", 0, SIZE)
     assert not np.array_equal(other, cv2.imread(list_samples(a, "train")[0][0]))
 
 
 def test_frames_use_only_drawn_ids_and_cover_the_classes():
     seen = set()
     for i in range(8):
-        bgr, ids = synth.render(0, "train", i, (128, 256))
+        bgr, ids = scene.render(0, "train", i, (128, 256))
         assert bgr.shape == (128, 256, 3) and bgr.dtype == np.uint8
         values = set(np.unique(ids).tolist())
-        assert values <= set(synth.DRAWN_IDS) | {synth.EGO, synth.BORDER}
+        assert values <= set(scene.DRAWN_IDS) | {scene.EGO, scene.BORDER}
         seen |= values
-    assert set(synth.DRAWN_IDS) <= seen
-    assert synth.EGO in seen  # ignore-mapped pixels exist
+    assert set(scene.DRAWN_IDS) <= seen
+    assert scene.EGO in seen  # ignore-mapped pixels exist
 
 
 def test_colour_alone_does_not_give_the_class():
@@ -87,7 +87,7 @@ def test_colour_alone_does_not_give_the_class():
     class pairs that context must separate share much of their colour histogram."""
     def frames(split, n):
         for i in range(n):
-            bgr, ids = synth.render(0, split, i, (128, 256))
+            bgr, ids = scene.render(0, split, i, (128, 256))
             q = (bgr >> 4).astype(np.int64)
             yield (q[..., 0] << 8) | (q[..., 1] << 4) | q[..., 2], ID_TO_TRAIN_ID[ids]
 
@@ -117,6 +117,32 @@ def test_generate_rejects_a_file_as_output_and_an_empty_request(tmp_path):
         synth.generate(str(target), 1, 1, size=SIZE)
     with pytest.raises(DDRNetError, match="at least one frame"):
         synth.generate(str(tmp_path / "d"), 0, 0, size=SIZE)
+
+
+def test_generator_never_writes_into_a_data_set_it_did_not_write(data_root, tmp_path):
+    real = _copy(data_root, tmp_path)
+    os.remove(os.path.join(real, synth.RECIPE))  # what a Cityscapes root looks like: same names, no recipe
+    before = {f: os.path.getmtime(os.path.join(real, f)) for f in _files(real)}
+    with pytest.raises(DDRNetError, match=r"copy: holds a data set this generator did not write \(leftImg8bit/"):
+        synth.generate(real, 1, 1, size=SIZE, seed=9)
+    assert {f: os.path.getmtime(os.path.join(real, f)) for f in _files(real)} == before
+    again = synth.generate(str(tmp_path / "own"), 1, 0, size=SIZE, seed=1)
+    assert synth.generate(again, 1, 1, size=SIZE, seed=2) == again  # its own output may be rewritten
+    assert len(list_samples(again, "val")) == 1
+
+
+def test_calibration_recipe_is_built_in_and_equals_the_documented_file(tmp_path, monkeypatch):
+    from ddrnet.cli import main
+    from ddrnet.compress import calib
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    documented = calib.load_recipe(os.path.join(repo, "calib_data", "synthetic.yaml"))
+    assert calib.load_recipe(None) == documented
+    # outside the source tree, without --recipe: the built-in recipe (made tiny here)
+    monkeypatch.setattr(calib, "SYNTHETIC_RECIPE", {"seed": 0, "count": 2, "size": SIZE})
+    monkeypatch.chdir(tmp_path)
+    assert main(["compress", "--calib-synth", "--out", "calib"]) == 0
+    assert len(calib.calibration_images("calib")) == 2
 
 
 def test_cli_synth_writes_the_set_and_rejects_a_bad_size(tmp_path):
@@ -234,7 +260,7 @@ def test_flip_moves_image_and_label_together():
 def test_random_distort_matches_pil_image_enhance():
     pil = pytest.importorskip("PIL.Image")
     enhance = pytest.importorskip("PIL.ImageEnhance")
-    rgb = cv2.cvtColor(synth.render(0, "val", 0, SIZE)[0], cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(scene.render(0, "val", 0, SIZE)[0], cv2.COLOR_BGR2RGB)
     t = data.RandomDistort(0.4, 1, 0.4, 1, 0.4, 1, 18, 0)
     for op, pil_op in (("brightness", enhance.Brightness), ("contrast", enhance.Contrast),
                        ("saturation", enhance.Color)):
@@ -263,8 +289,8 @@ def test_build_transforms_reads_paddleseg_entries_and_refuses_mistakes():
         {"type": "Normalize"}], train=True)
     assert [type(t).__name__ for t in compose.transforms] == [
         "ResizeStepScaling", "RandomPaddingCrop", "RandomHorizontalFlip", "RandomDistort", "Normalize"]
-    bgr = synth.render(0, "train", 0, SIZE)[0]
-    im, lab = compose(bgr, ID_TO_TRAIN_ID[synth.render(0, "train", 0, SIZE)[1]], np.random.default_rng(0))
+    bgr = scene.render(0, "train", 0, SIZE)[0]
+    im, lab = compose(bgr, ID_TO_TRAIN_ID[scene.render(0, "train", 0, SIZE)[1]], np.random.default_rng(0))
     assert im.shape == (3, 32, 48) and lab.shape == (32, 48) and im.dtype == np.float32
     with pytest.raises(DDRNetError, match="unknown type 'Blur'"):
         data.build_transforms([{"type": "Blur"}], train=True)

@@ -1,23 +1,29 @@
-"""Integrity and safe loading (issue 6, item 5), beyond what test_runtime.py already proves
+"""Integrity and safe loading, beyond what test_runtime.py already proves
 (a changed model byte, a missing listed file or deploy.yaml, '..' / absolute / symlinked-file paths):
 YAML tags that would run code, `--opt` values, pickle in the runtime, and escapes that carry a
-matching hash."""
+matching hash. Then writing (runtime/fileio.py: nothing half-written, no input replaced, outputs
+checked for real), the shared option parsers, and the Paddle version gate of train/compat.py."""
 from __future__ import annotations
 
 import ast
 import glob
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 
+import cv2
 import numpy as np
 import pytest
 import yaml
 
+from ddrnet.runtime import fileio
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.manifest import load_manifest, sha256_file, write_manifest
+from ddrnet.runtime.options import check_threads, cpu_count, parse_hw
 from runtime_fixtures import make_model_dir, manifest_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -296,3 +302,184 @@ def test_symlinked_folder_escaping_the_model_dir_is_refused(model_dir, tmp_path)
     shutil.move(os.path.join(target, "model.onnx"), os.path.join(target, "store", "model.onnx"))
     os.symlink("store", os.path.join(target, "weights"))
     assert Predictor(target)(np.zeros((8, 16, 3), np.uint8)).shape == (8, 16)
+
+
+# -- writing: runtime/fileio.py is the one way to write, and it leaves nothing half-written --------
+
+def _names(folder) -> list:
+    return sorted(os.listdir(str(folder)))
+
+
+@pytest.mark.parametrize("failure", [ValueError("boom"), KeyboardInterrupt()])
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, failure):
+    path = str(tmp_path / "report.json")
+    fileio.write_json({"old": 1}, path)
+    with pytest.raises(type(failure)):
+        with fileio.atomic_write(path) as f:
+            f.write('{"new": ')
+            raise failure
+    assert json.load(open(path)) == {"old": 1}
+    assert _names(tmp_path) == ["report.json"]
+
+
+def test_write_json_of_an_unserialisable_value_writes_nothing(tmp_path):
+    path = str(tmp_path / "sub" / "r.json")
+    with pytest.raises(TypeError):
+        fileio.write_json({"x": object()}, path)
+    assert not os.path.exists(str(tmp_path / "sub"))
+
+
+def test_atomic_path_keeps_the_extension_for_writers_that_pick_a_format_by_name(tmp_path):
+    path = str(tmp_path / "out" / "x.png")  # the folder is made with the file
+    with fileio.atomic_path(path) as tmp:
+        assert tmp.endswith(".png") and os.path.dirname(tmp) == os.path.dirname(path)
+        assert cv2.imwrite(tmp, np.zeros((4, 4, 3), np.uint8))
+    assert _names(tmp_path / "out") == ["x.png"]
+
+
+def _fill(folder: str, name: str, text: str) -> None:
+    with open(os.path.join(folder, name), "w") as f:
+        f.write(text)
+
+
+def test_atomic_dir_replaces_a_folder_whole_with_the_umask_permissions(tmp_path):
+    target = str(tmp_path / "ckpt")
+    with fileio.atomic_dir(target) as stage:
+        _fill(stage, "a.txt", "first")
+    with fileio.atomic_dir(target) as stage:
+        _fill(stage, "b.txt", "second")
+    assert _names(target) == ["b.txt"] and _names(tmp_path) == ["ckpt"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+
+
+def test_atomic_dir_failure_keeps_the_previous_folder(tmp_path):
+    target = str(tmp_path / "ckpt")
+    with fileio.atomic_dir(target) as stage:
+        _fill(stage, "a.txt", "first")
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_dir(target) as stage:
+            _fill(stage, "a.txt", "half")
+            raise RuntimeError("crash while writing")
+    assert open(os.path.join(target, "a.txt")).read() == "first"
+    assert _names(tmp_path) == ["ckpt"]
+
+
+def test_atomic_dir_puts_the_previous_folder_back_when_the_new_one_cannot_be_renamed(tmp_path, monkeypatch):
+    target = str(tmp_path / "ckpt")
+    with fileio.atomic_dir(target) as stage:
+        _fill(stage, "a.txt", "first")
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append(os.path.basename(src))
+        if os.path.basename(src).startswith(".tmp-"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    with pytest.raises(DDRNetError, match=r"ckpt: cannot write \(No space left on device\)"):
+        with fileio.atomic_dir(target) as stage:
+            _fill(stage, "a.txt", "second")
+    monkeypatch.undo()
+    assert calls[0] == "ckpt" and calls[1].startswith(".tmp-ckpt-")  # moved aside, then the failed rename
+    assert open(os.path.join(target, "a.txt")).read() == "first"
+    assert _names(tmp_path) == ["ckpt"]
+
+
+def test_output_checks_probe_for_real_and_create_nothing(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(DDRNetError, match=r"^/proc/ddrnet/b\.json: cannot write --json \(no file can be created in /proc: "):
+        fileio.check_output_file("/proc/ddrnet/b.json", "--json")  # os.access says yes here when root
+    with pytest.raises(DDRNetError, match=r"afile/x\.json: cannot write --json \(.*afile is a file, not a folder\)"):
+        fileio.check_output_file(str(afile / "x.json"), "--json")
+    with pytest.raises(DDRNetError, match=r"is a folder; give a file name"):
+        fileio.check_output_file(str(tmp_path), "--json")
+    with pytest.raises(DDRNetError, match=r"afile: --out is a file, not a folder"):
+        fileio.check_output_dir(str(afile), "--out")
+    assert fileio.check_output_dir(str(tmp_path / "new" / "deeper"), "--out")
+    assert _names(tmp_path) == ["afile"]  # the probe file is gone, the folder not made
+
+
+def test_outputs_never_replace_inputs_however_they_are_spelt(tmp_path):
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    image = data / "sub" / "a.png"
+    image.write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(image)
+    for output, inputs in [(str(image), [str(image)]), (str(tmp_path / "link.png"), [str(image)]),
+                           (str(data / "sub" / ".." / "sub" / "a.png"), [str(image)]), (str(image), [str(data)])]:
+        with pytest.raises(DDRNetError, match=r"--out would overwrite the input"):
+            fileio.refuse_overwrite([output], inputs, "--out")
+    fileio.refuse_overwrite([str(data / "sub" / "new.png")], [str(data)], "--out")  # a new file beside inputs
+    with pytest.raises(DDRNetError, match=r"holds the input .*a\.png, which writing there would replace"):
+        fileio.refuse_replacing(str(data), [str(image)], "--out")
+    fileio.refuse_replacing(str(tmp_path / "elsewhere"), [str(image)], "--out")
+
+
+@pytest.mark.parametrize("text,hw", [("512x1024", (512, 1024)), ("512,1024", (512, 1024)), (" 64 X 128 ", (64, 128))])
+def test_parse_hw_reads_hxw_and_the_old_h_comma_w(text, hw):
+    assert parse_hw(text, "--size") == hw
+
+
+@pytest.mark.parametrize("text", ["", "512", "512x", "0x64", "64x0", "-1x64", "64by128", "1x2x3", "1.5x2"])
+def test_parse_hw_refuses_anything_else_naming_the_option(text):
+    with pytest.raises(DDRNetError, match="^" + re.escape("--frame {!r}: expected HEIGHTxWIDTH".format(text))):
+        parse_hw(text, "--frame")
+
+
+def test_thread_counts_are_1_to_the_cores_or_none():
+    cores = cpu_count()
+    assert check_threads(None) is None and check_threads(1) == 1 and check_threads(cores) == cores
+    for bad in (0, -1, cores + 1):
+        with pytest.raises(DDRNetError, match=r"^--threads {}: ".format(bad)):
+            check_threads(bad)
+
+
+# -- Paddle / PaddleSlim internals: train/compat.py checks the releases it supports -----------------
+
+def test_compat_refuses_a_release_it_was_not_checked_against(monkeypatch):
+    from ddrnet.train import compat
+
+    monkeypatch.delenv(compat.OVERRIDE_ENV, raising=False)
+    assert compat.check_version("paddlepaddle").startswith("2.6.")  # the pinned stack passes
+    assert compat.check_version("paddleslim").startswith("2.6.")
+    assert compat.check_version("paddlepaddle", "2.6.9") == "2.6.9"
+    assert compat.check_version("paddlepaddle", "0.0.0") == "0.0.0"  # a develop build
+    for dist, version in (("paddlepaddle", "3.0.0"), ("paddlepaddle", "2.5.2"), ("paddleslim", "2.7.0")):
+        with pytest.raises(DDRNetError, match=r"^{} {}: ddrnet\.train\.compat supports 2\.6\.x only .*"
+                                              r"pip install -c constraints\.txt {}==2\.6\.\*".format(
+                                                  dist, re.escape(version), dist)):
+            compat.check_version(dist, version)
+
+
+def test_compat_override_turns_the_refusal_into_a_warning(monkeypatch, caplog):
+    from ddrnet.train import compat
+
+    monkeypatch.setenv(compat.OVERRIDE_ENV, "1")
+    with caplog.at_level("WARNING", logger="ddrnet.train.compat"):
+        assert compat.check_version("paddlepaddle", "3.1.0") == "3.1.0"
+    assert "paddlepaddle 3.1.0: ddrnet.train.compat supports 2.6.x only" in caplog.text
+
+
+def test_compat_layer_helpers_reach_sequential_items_and_resize_tensors():
+    import paddle
+
+    from ddrnet.train import compat
+
+    model = paddle.nn.Sequential(paddle.nn.Conv2D(3, 8, 1), paddle.nn.Sequential(paddle.nn.BatchNorm2D(8)))
+    bn = compat.get_sublayer(model, "1.0")
+    assert isinstance(bn, paddle.nn.BatchNorm2D)
+    compat.set_sublayer(model, "1.0", paddle.nn.Identity())
+    assert isinstance(model[1][0], paddle.nn.Identity)
+    mean, variance, epsilon = compat.bn_statistics(bn)
+    assert list(mean.shape) == list(variance.shape) == [8] and 0 < epsilon < 1e-3
+    conv = model[0]
+    compat.set_tensor(conv.weight, np.ones((4, 3, 1, 1), np.float32))
+    compat.set_tensor(conv.bias, np.zeros((4,), np.float32))
+    compat.sync_channel_attrs(conv)
+    assert list(conv.weight.shape) == [4, 3, 1, 1] and repr(conv).startswith("Conv2D(3, 4,")
+    assert model(paddle.ones([1, 3, 2, 2])).shape == [1, 4, 2, 2]

@@ -4,7 +4,7 @@ import paddle
 import pytest
 
 from ddrnet.runtime.errors import DDRNetError
-from ddrnet.train.checkpoint import load_model, load_weights
+from ddrnet.train.checkpoint import load_checkpoint, load_weights
 from ddrnet.train.model import build_model, count_macs
 
 # paper (Hong et al. 2021), 19 classes, no aux head: parameters and MACs at 1024x2048
@@ -85,7 +85,7 @@ def test_paddleseg_weights_without_aux_load_into_aux_model(tmp_path):
     plain = build_model("ddrnet23_slim")
     path = str(tmp_path / "model.pdparams")
     paddle.save(plain.state_dict(), path)
-    model, meta = load_model(path, model_name="ddrnet23_slim", aux_head=True)
+    model, meta = load_checkpoint(path, model_name="ddrnet23_slim", aux_head=True)[:2]
     assert meta["aux_head"] and model.has_aux_head
     for key, value in plain.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[key].numpy(), value.numpy())
@@ -97,4 +97,24 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     with pytest.raises(DDRNetError, match="slim.pdparams: weights do not fit"):
         load_weights(build_model("ddrnet23"), path)
     with pytest.raises(DDRNetError, match="no state.json"):
-        load_model(path)
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 19, 32, 32), (256, 256)), ((1, 4, 5, 7), (33, 21)),
+                                        ((2, 3, 1, 1), (4, 4)), ((1, 2, 9, 17), (72, 136))])
+def test_training_upsample_equals_the_interpolation_op(shape, size):
+    """CPU training takes the heads' final upsample as two matrix products (a faster backward): the same
+    values and gradients as Paddle's bilinear interpolation, at any size."""
+    import paddle.nn.functional as F
+
+    from ddrnet.train.model import _upsample_to_input
+
+    x = paddle.randn(list(shape))
+    x.stop_gradient = False
+    like = paddle.zeros([1, 1, *size])
+    expected = F.interpolate(x, size=list(size), mode="bilinear", align_corners=False)
+    got = _upsample_to_input(x, like)
+    grad = paddle.randn(expected.shape)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(paddle.grad(got, x, grad)[0].numpy(), paddle.grad(expected, x, grad)[0].numpy(),
+                               rtol=1e-5, atol=1e-4)

@@ -46,7 +46,8 @@ def test_bench_json_schema(models, tmp_path):
         assert set(stats) == STAT_KEYS
         assert 0 <= stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["max"]
     total = result["latency_ms"]["total"]
-    assert result["fps"] == pytest.approx(1000.0 / total["mean"])
+    assert result["fps_mean"] == pytest.approx(1000.0 / total["mean"])
+    assert result["fps_p50"] == pytest.approx(1000.0 / total["p50"])
     assert result["overhead_ratio"] == pytest.approx(total["p50"] / result["raw_run_ms"]["p50"])
     assert result["overhead_ratio_paired"] > 0
     assert result["model_size_bytes"] == os.path.getsize(str(root / "fixed" / "model.onnx"))
@@ -97,10 +98,15 @@ def test_bench_all_table_json_and_plot(models, tmp_path):
     header = next(line for line in lines if line.startswith("Model"))
     for column in ("Format", "Precision", "Size MB", "mIoU", "ms p50", "FPS"):
         assert column in header
+    from ddrnet.runtime.bench import backends_for
+
+    expected = [b for name in ("dynamic", "fixed") for b in backends_for(str(root / name), "cpu")[0]]
+    assert ("onnxruntime", None) in expected
     rows = [line for line in lines if line.startswith(("fixed", "dynamic"))]
-    assert len(rows) == 2 and all("ONNX (onnxruntime)" in r for r in rows)
+    assert len(rows) == len(expected) and sum("ONNX (onnxruntime)" in r for r in rows) == 2
     results = json.load(open(out))["results"]
-    assert sorted(os.path.basename(r["model_dir"]) for r in results) == ["dynamic", "fixed"]
+    assert [(os.path.basename(r["model_dir"]), r["backend"]) for r in results] == [
+        (name, b) for name in ("dynamic", "fixed") for b, _ in backends_for(str(root / name), "cpu")[0]]
     assert all(r["miou"] is not None for r in results)
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -155,9 +161,13 @@ def test_bench_all_runs_every_format(tmp_path):
     proc = _ddrnet("bench", "--all", model_dir, "--iters", "2", "--warmup", "0", "--frame", "16x24",
                    "--threads", "1", "--json", out)
     assert proc.returncode == 0, proc.stderr
+    from ddrnet.runtime.bench import backends_for
+
+    expected = [b for b, _ in backends_for(model_dir, "cpu")[0]]
+    assert expected[0] == "onnxruntime" and expected[-1] == "paddle"
     rows = [line for line in proc.stdout.splitlines() if line.startswith("both")]
-    assert len(rows) == 2 and "ONNX (onnxruntime)" in rows[0] and "Paddle Inference" in rows[1]
+    assert len(rows) == len(expected) and "ONNX (onnxruntime)" in rows[0] and "Paddle Inference" in rows[-1]
     results = json.load(open(out))["results"]
-    assert [r["backend"] for r in results] == ["onnxruntime", "paddle"]
-    assert results[1]["model_files"] == ["inference.pdmodel", "inference.pdiparams"]
-    assert "paddle" in results[1]["versions"]
+    assert [r["backend"] for r in results] == expected
+    assert results[-1]["model_files"] == ["inference.pdmodel", "inference.pdiparams"]
+    assert "paddle" in results[-1]["versions"]

@@ -11,9 +11,9 @@ import pytest
 
 from ddrnet.runtime.cityscapes import list_samples, load_train_ids
 from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.fileio import write_json
 from ddrnet.runtime.labels import CLASS_NAMES, TRAIN_ID_TO_ID
-from ddrnet.runtime.metrics import (ConfusionMatrix, evaluate_model_dir, evaluate_prediction_dir,
-                                    format_table, write_json)
+from ddrnet.runtime.metrics import ConfusionMatrix, evaluate_model_dir, evaluate_prediction_dir, format_table
 from runtime_fixtures import make_model_dir, write_tiny_cityscapes
 
 
@@ -105,7 +105,7 @@ def test_format_table_and_write_json(tmp_path):
     write_json(result, path)
     loaded = json.load(open(path))
     assert loaded == result and loaded["per_class_iou"]["bicycle"] is None
-    assert not os.path.exists(path + ".tmp")
+    assert os.listdir(os.path.dirname(path)) == ["eval.json"]  # no temporary left beside it
 
 
 # -- prediction folders ------------------------------------------------------------------------
@@ -181,3 +181,50 @@ def test_evaluate_model_dir_at_full_label_resolution(dataset, tmp_path):
     result = evaluate_model_dir(predictor, root, "val", progress=False)
     assert result == expected.result()
     assert evaluate_model_dir(predictor, root, "val", progress=False, limit=1)["num_images"] == 1
+
+
+def test_predict_labelids_then_eval_pred_dir_equals_evaluating_the_model(dataset, tmp_path):
+    """The submission path end to end: `predict --format labelids` over the val images, then
+    `eval --pred-dir`, gives exactly the model's own evaluation; the other formats hold what they say."""
+    from ddrnet.cli import main
+    from ddrnet.runtime import Predictor
+    from ddrnet.runtime.imageio import read_image
+
+    root, keys = dataset
+    model = make_model_dir(str(tmp_path / "m"), shape=(1, 3, 8, 16))
+    images = os.path.join(root, "leftImg8bit", "val")
+    outs = {fmt: str(tmp_path / fmt) for fmt in ("labelids", "trainids", "color", "overlay")}
+    for fmt, out in outs.items():
+        assert main(["predict", "--model", model, "--input", images, "--out", out, "--format", fmt]) == 0
+    eval_json = str(tmp_path / "eval.json")
+    assert main(["eval", "--pred-dir", outs["labelids"], "--data-root", root, "--json", eval_json]) == 0
+    predictor = Predictor(model)
+    assert json.load(open(eval_json)) == evaluate_model_dir(predictor, root, "val", progress=False)
+
+    image = list_samples(root, "val")[0][0]
+    name = os.path.splitext(os.path.basename(image))[0] + ".png"
+    mask = predictor(read_image(image))
+    read = {fmt: cv2.imread(os.path.join(out, name), cv2.IMREAD_UNCHANGED) for fmt, out in outs.items()}
+    assert np.array_equal(read["trainids"], mask) and np.array_equal(read["labelids"], TRAIN_ID_TO_ID[mask])
+    assert np.array_equal(read["color"], predictor.colorize(mask))
+    assert read["overlay"].shape == (12, 20, 3) and not np.array_equal(read["overlay"], read["color"])
+
+
+def test_eval_json_may_replace_its_own_report_never_an_input(dataset, tmp_path):
+    from ddrnet.cli import main
+
+    root, keys = dataset
+    model = make_model_dir(str(tmp_path / "m"), shape=(1, 3, 8, 16))
+    pred_dir = str(tmp_path / "pred")
+    _write_predictions(root, keys, pred_dir, "labelids")
+    for args in (["--model", model, "--json", os.path.join(model, "eval.json")],
+                 ["--pred-dir", pred_dir, "--json", os.path.join(pred_dir, "eval.json")]):
+        for _ in range(2):  # the second run replaces the first one's report: not an input
+            assert main(["eval", "--data-root", root] + args) == 0
+    label = list_samples(root, "val")[0][1]
+    for args, bad in ((["--model", model], os.path.join(model, "deploy.yaml")),
+                      (["--pred-dir", pred_dir], os.path.join(pred_dir, keys[0] + "_pred.png")),
+                      (["--model", model], label)):
+        before = open(bad, "rb").read()
+        assert main(["eval", "--data-root", root, "--json", bad] + args) == 2
+        assert open(bad, "rb").read() == before

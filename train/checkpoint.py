@@ -9,44 +9,36 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
-import shutil
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import paddle
 
 from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.labels import DEFAULT_LABEL_SET, label_set
+from ddrnet.runtime.fileio import atomic_dir, write_json
 from ddrnet.runtime.manifest import sha256_file
-from ddrnet.train.model import ARCHS, DualResNet, build_model
+from ddrnet.train.data import Normalize
+from ddrnet.train.model import ARCHS, DualResNet
+from ddrnet.train.structure import build_compressed
 
 STATE = "state.json"
 PARAMS = "model.pdparams"
 OPT = "model.pdopt"
 
+log = logging.getLogger(__name__)
+
 
 def save_checkpoint(folder: str, model: paddle.nn.Layer, state: dict, optimizer=None) -> str:
     """Write `folder` atomically; `state` must hold a `model` description (see `model_meta`)."""
-    parent = os.path.dirname(os.path.abspath(folder))
-    tmp = os.path.join(parent, ".tmp-" + os.path.basename(folder))
-    try:
-        os.makedirs(parent, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+    with atomic_dir(folder) as tmp:
         paddle.save(model.state_dict(), os.path.join(tmp, PARAMS))
         if optimizer is not None:
             paddle.save(optimizer.state_dict(), os.path.join(tmp, OPT))
         files = {name: sha256_file(os.path.join(tmp, name)) for name in (PARAMS, OPT)
                  if os.path.exists(os.path.join(tmp, name))}
-        with open(os.path.join(tmp, STATE), "w") as f:
-            json.dump(dict(state, files=files), f, indent=1)
-        old = folder + ".old"
-        if os.path.exists(folder):
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DDRNetError("{}: cannot write checkpoint ({})".format(folder, err.strerror or err)) from None
+        write_json(dict(state, files=files), os.path.join(tmp, STATE), indent=1)
     return folder
 
 
@@ -104,27 +96,52 @@ def resolve_weights(path: str) -> str:
     return path
 
 
-def load_model(weights: str, model_name: Optional[str] = None, num_classes: Optional[int] = None,
-               aux_head: Optional[bool] = None) -> Tuple[DualResNet, dict]:
-    """Build the model the weights were trained as and load them (eval mode).
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint: the model in eval mode and what state.json says about it."""
+    model: DualResNet
+    meta: dict         # the build_model arguments (`model_meta`)
+    compression: dict  # state.json's `compression` ({} for plain weights): see train/structure.py
+    config: dict       # the training config it was trained with ({} when unknown, e.g. PaddleSeg's weights)
 
-    PaddleSeg's released weights have no description: pass `model_name` (PaddleSeg's DDRNet_23 is
-    "ddrnet23"). `aux_head=None` takes it from the description; their lack of `aux_head.*` keys is
-    accepted when `aux_head=True` is asked for.
+
+def _checkpoint_state(weights: str) -> dict:
+    """The state.json beside a weights file ({} when there is none, e.g. PaddleSeg's weights)."""
+    path = os.path.join(os.path.dirname(weights), STATE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DDRNetError("{}: unreadable state.json ({})".format(path, err)) from None
+    return state if isinstance(state, dict) else {}
+
+
+def load_checkpoint(weights: str, model_name: Optional[str] = None, aux_head: Optional[bool] = None) -> Checkpoint:
+    """The one loader: any checkpoint (FP32, pruned, BN-folded, quantization-aware, pruned + QAT) or
+    bare weights, rebuilt with the structure its state.json describes and loaded strictly (eval mode).
+
+    `model_name`: the architecture expected (checked against the description; needed for bare
+    .pdparams such as PaddleSeg's, whose DDRNet_23 is "ddrnet23"). `aux_head=None` takes it from the
+    description; True builds the aux head and accepts weights without its keys.
     """
     weights = resolve_weights(weights)
-    meta = dict(weights_meta(weights) or {})
-    name = model_name or meta.get("name")
+    described = dict(weights_meta(weights) or {})
+    name = described.get("name") or model_name
     if name is None:
         raise DDRNetError("{}: no state.json or .json sidecar tells the architecture; pass the model name "
                           "(one of {})".format(weights, ", ".join(ARCHS)))
-    aux_head = meta.get("aux_head", False) if aux_head is None else aux_head
-    meta = model_meta(name, num_classes or meta.get("num_classes", 19), aux_head,
-                      meta.get("avg_pool_exclusive", True), meta.get("down3_same_padding", True))
-    model = build_model(**meta)
+    if model_name and name != model_name:
+        raise DDRNetError("{}: weights of {}, not {}".format(weights, name, model_name))
+    meta = model_meta(name, int(described.get("num_classes", 19)),
+                      bool(described.get("aux_head", False) if aux_head is None else aux_head),
+                      bool(described.get("avg_pool_exclusive", True)), bool(described.get("down3_same_padding", True)))
+    state = _checkpoint_state(weights)
+    compression = state.get("compression") or {}
+    model = build_compressed(meta, compression)
     load_weights(model, weights)
     model.eval()
-    return model, meta
+    return Checkpoint(model, meta, compression, state.get("config") or {})
 
 
 def load_weights(model: paddle.nn.Layer, weights: str) -> None:
@@ -159,6 +176,27 @@ def load_weights_lenient(model: paddle.nn.Layer, weights: str) -> dict:
         raise DDRNetError("{}: no parameter of these weights fits {}".format(weights, type(model).__name__))
     model.set_state_dict(usable)
     report = {"loaded": len(usable), "skipped": len(state) - len(usable), "not_initialised": len(expected) - len(usable)}
-    print("pretrained {}: {loaded} tensors loaded, {skipped} skipped, {not_initialised} left at init".format(
-        weights, **report))
+    log.info("pretrained %s: %d tensors loaded, %d skipped, %d left at init", weights, report["loaded"],
+             report["skipped"], report["not_initialised"])
     return report
+
+
+def deploy_info(checkpoint: Checkpoint) -> dict:
+    """What a deployed model must know from the checkpoint's training config: the classes it predicts
+    (label set, names, palette) and the Normalize it was trained with (mean, std over RGB / 255).
+    Config-less weights (e.g. PaddleSeg's) get the Cityscapes classes and mean = std = 0.5."""
+    cfg = checkpoint.config
+    datasets = [cfg.get(key) or {} for key in ("val_dataset", "train_dataset")]
+    found = next((t for d in datasets for t in d.get("transforms") or [] if t.get("type") == "Normalize"), {})
+    normalize = Normalize(**{key: found[key] for key in ("mean", "std") if key in found})
+    name = next((d["label_set"] for d in datasets if d.get("label_set")), DEFAULT_LABEL_SET)
+    labels = label_set(name)
+    classes = checkpoint.meta["num_classes"]
+    if classes == len(labels.names):
+        names, palette = list(labels.names), labels.palette.tolist()
+    else:  # a custom class count: neutral names and distinct colours
+        names = ["class_{}".format(i) for i in range(classes)]
+        palette = [[(37 * i) % 256, (91 * i) % 256, (151 * i) % 256] for i in range(classes)]
+    return {"label_set": name, "class_names": names, "palette": palette,
+            "mean": [float(v) for v in found.get("mean", normalize.mean)],
+            "std": [float(v) for v in found.get("std", normalize.std)]}

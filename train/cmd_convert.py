@@ -25,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ddrnet.runtime.errors import DDRNetError
     from ddrnet.train.convert import convert_torch_checkpoint
+
+    if args.num_classes < 1:
+        raise DDRNetError("--num-classes {}: must be at least 1".format(args.num_classes))
 
     report = convert_torch_checkpoint(args.src, args.dst, None if args.model == "auto" else args.model,
                                       args.num_classes)

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--out", required=True, help="data root to write (created if missing)")
     synth.add_argument("--train", type=int, default=200, help="frames in the train split (default 200)")
     synth.add_argument("--val", type=int, default=50, help="frames in the val split (default 50)")
-    synth.add_argument("--size", default="256x512", help="HEIGHTxWIDTH of every frame (default 256x512)")
+    synth.add_argument("--size", default="256x512", help="HEIGHTxWIDTH of every frame (default 256x512; H,W works too)")
     synth.add_argument("--seed", type=int, default=0, help="seed of the whole set (default 0)")
     synth.add_argument("--workers", type=int, default=1, help="processes to render with (default 1)")
 
@@ -30,9 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from ddrnet.runtime.errors import DDRNetError
-    from ddrnet.train.synth import generate, parse_size
+    from ddrnet.runtime.options import parse_hw
+    from ddrnet.train.synth import generate
 
-    size = parse_size(args.size)
+    size = parse_hw(args.size, "--size")
     if args.workers < 1:
         raise DDRNetError("--workers {}: need at least 1".format(args.workers))
     out = generate(args.out, args.train, args.val, size=size, seed=args.seed, workers=args.workers)

@@ -16,7 +16,6 @@ the checkpoint loader builds the model from it.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import zipfile
@@ -26,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ddrnet.runtime.errors import DDRNetError
+from ddrnet.runtime.fileio import atomic_path, check_output_file, write_json
 from ddrnet.runtime.manifest import sha256_file
 from ddrnet.train.model import ARCHS
 
@@ -182,19 +182,6 @@ def sidecar_path(dst: str) -> str:
     return dst[: -len(".pdparams")] + ".json"
 
 
-def write_atomically(dst: str, write) -> None:
-    tmp = "{}.tmp-{}".format(dst, os.getpid())
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-        write(tmp)
-        os.replace(tmp, dst)
-    except OSError as err:
-        raise DDRNetError("{}: cannot write ({})".format(dst, err.strerror or err)) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def convert_torch_checkpoint(src: str, dst: str, model_name: Optional[str] = None,
                              num_classes: int = 19) -> dict:
     """Convert `src` (.pth) to `dst` (.pdparams) plus its sidecar `dst`.json; return a report.
@@ -210,6 +197,8 @@ def convert_torch_checkpoint(src: str, dst: str, model_name: Optional[str] = Non
 
     if not dst.endswith(".pdparams"):
         raise DDRNetError("{}: the output name must end with .pdparams".format(dst))
+    for out in (dst, sidecar_path(dst)):
+        check_output_file(out, "OUT.pdparams", inputs=[src])
     kept, skipped = split_keys(load_torch_state_dict(src))
     if not kept:
         raise DDRNetError("{}: no DDRNet weights in the checkpoint (only {})".format(src, ", ".join(skipped)))
@@ -226,11 +215,7 @@ def convert_torch_checkpoint(src: str, dst: str, model_name: Optional[str] = Non
         "missing_keys": [k for k in expected if k not in arrays],
         "skipped_keys": [k for keys in skipped.values() for k in keys],
     }
-    write_atomically(dst, lambda tmp: paddle.save(arrays, tmp))
-    write_atomically(sidecar_path(dst), lambda tmp: _write_json(tmp, sidecar))
+    with atomic_path(dst) as tmp:
+        paddle.save(arrays, tmp)
+    write_json(sidecar, sidecar_path(dst))
     return dict(sidecar, dst=dst, sidecar=sidecar_path(dst), converted=len(arrays), skipped=skipped)
-
-
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)

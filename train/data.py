@@ -17,7 +17,8 @@ import paddle
 from ddrnet.runtime.cityscapes import list_samples, load_train_ids
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.imageio import read_image
-from ddrnet.runtime.labels import IGNORE_INDEX
+from ddrnet.runtime.labels import DEFAULT_LABEL_SET, IGNORE_INDEX, label_set
+from ddrnet.train import compat
 
 Image = np.ndarray            # HxWx3 float32, RGB after Compose's conversion
 Label = Optional[np.ndarray]  # HxW uint8 trainIds, or None when only an image is transformed
@@ -217,9 +218,11 @@ class CityscapesDataset(paddle.io.Dataset):
     `draw` is whatever counter makes each draw new (the epoch here, the iteration in the trainer).
     """
 
-    def __init__(self, root: str, split: str, transforms: Optional[Compose] = None):
+    def __init__(self, root: str, split: str, transforms: Optional[Compose] = None,
+                 labels: str = DEFAULT_LABEL_SET):
         super().__init__()
         self.root, self.split = root, split
+        self.lookup = label_set(labels).from_label_ids  # labelIds -> the classes trained (e.g. 7 categories)
         self.samples = list_samples(root, split)
         self.transforms = transforms or build_transforms(None, train=False)
 
@@ -230,7 +233,7 @@ class CityscapesDataset(paddle.io.Dataset):
         index, seed, draw = (int(item), 0, 0) if np.isscalar(item) else item
         image_path, label_path = self.samples[index]
         bgr = read_image(image_path)
-        label = load_train_ids(label_path, bgr.shape[:2], image_path)
+        label = load_train_ids(label_path, bgr.shape[:2], image_path, self.lookup)
         rng = np.random.default_rng([seed, draw, index])
         im, label = self.transforms(bgr, label, rng)
         return im, label.astype(np.int64)
@@ -287,7 +290,7 @@ def batches(loader: paddle.io.DataLoader) -> Iterator:
         else:
             previous(hook_args)
         for reader in readers:
-            reader._exit_thread_unexpectedly()  # wakes the loop, which then raises SystemError
+            compat.wake_loader(reader)  # the loop then raises SystemError
 
     iterator = None
     threading.excepthook = on_thread_error
@@ -295,10 +298,10 @@ def batches(loader: paddle.io.DataLoader) -> Iterator:
         iterator = iter(loader)
         readers.append(iterator)
         if failures:
-            iterator._exit_thread_unexpectedly()
+            compat.wake_loader(iterator)
         yield from iterator
     except SystemError:
-        thread = getattr(iterator, "_thread", None)
+        thread = compat.loader_thread(iterator)
         if thread is not None:  # with workers the queue dies before the thread's hook has run
             thread.join(timeout=10)
         if not failures:
@@ -307,7 +310,7 @@ def batches(loader: paddle.io.DataLoader) -> Iterator:
     finally:
         threading.excepthook = previous
         if iterator is not None:  # now: left to __del__ at exit, stopping the workers deadlocks
-            iterator._try_shutdown_all()
+            compat.shutdown_loader(iterator)
 
 
 def _dataset_message(err: BaseException) -> str:

@@ -22,6 +22,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ddrnet.runtime.augment import interp_matrix
+from ddrnet.train import compat
+
 ARCHS: Dict[str, dict] = {
     # block counts of stages 1-4, base width, DAPPM branch width, head width, fusions in stage 3
     "ddrnet23_slim": dict(layers=(2, 2, 2, 2), planes=32, spp_planes=128, head_planes=64, stage3_splits=1),
@@ -57,6 +60,33 @@ class ConvBNReLU(ConvBN):
 def _upsample(x: paddle.Tensor, like: paddle.Tensor) -> paddle.Tensor:
     # bilinear, align_corners=False (half-pixel), to the size of `like`: works for any input size
     return F.interpolate(x, size=paddle.shape(like)[2:], mode="bilinear", align_corners=False)
+
+
+def _upsample_to_input(x: paddle.Tensor, image: paddle.Tensor) -> paddle.Tensor:
+    """The heads' final 8x upsample: as two matrix products when CPU training needs its gradient."""
+    if paddle.in_dynamic_mode() and not x.stop_gradient and x.place.is_cpu_place():
+        return _upsample_by_matmul(x, int(image.shape[2]), int(image.shape[3]))
+    return _upsample(x, image)
+
+
+_INTERP_MATRICES: Dict[Tuple[int, int], paddle.Tensor] = {}
+
+
+def _interp_matrix(n_in: int, n_out: int) -> paddle.Tensor:
+    key = (n_in, n_out)
+    if key not in _INTERP_MATRICES:
+        _INTERP_MATRICES[key] = paddle.to_tensor(interp_matrix(n_in, n_out), place=paddle.CPUPlace())
+    return _INTERP_MATRICES[key]
+
+
+def _upsample_by_matmul(x: paddle.Tensor, h: int, w: int) -> paddle.Tensor:
+    """The same bilinear interpolation (Paddle's coefficients, tests/test_model.py compares) as two
+    matrix products. Why: the backward of Paddle's CPU bilinear_interp of the 19 full-size score maps
+    is a slow single-threaded scatter (15 % of a 23-slim training step at 256x256), a matmul's backward
+    is two GEMMs. The inner, small upsamples and every exported or evaluated model keep the op."""
+    rows = _interp_matrix(int(x.shape[2]), h)
+    cols = _interp_matrix(int(x.shape[3]), w)
+    return paddle.matmul(rows, paddle.matmul(x, cols, transpose_y=True))
 
 
 class BasicBlock(nn.Layer):
@@ -139,7 +169,7 @@ class DAPPM(nn.Layer):
 
     def set_pool_exclusive(self, exclusive: bool) -> None:
         for scale in (self.scale1, self.scale2, self.scale3):
-            scale[0]._exclusive = exclusive
+            compat.set_pool_exclusive(scale[0], exclusive)
 
     def forward(self, x):
         x0 = self.scale0(x)
@@ -227,11 +257,11 @@ class DualResNet(nn.Layer):
 
     def forward(self, image) -> Union[paddle.Tensor, List[paddle.Tensor]]:
         head, high_stage3 = self._head(image)
-        logits = _upsample(head, image)
+        logits = _upsample_to_input(head, image)
         if not self.training:
             return logits
         if self.has_aux_head:
-            return [logits, _upsample(self.aux_head(high_stage3), image)]
+            return [logits, _upsample_to_input(self.aux_head(high_stage3), image)]
         return [logits]
 
     def lowres_logits(self, image) -> paddle.Tensor:

@@ -9,10 +9,7 @@ import paddle
 
 from ddrnet.runtime import Predictor
 from ddrnet.runtime.backends import Backend
-from ddrnet.runtime.labels import CLASS_NAMES, PALETTE
-from ddrnet.train.checkpoint import load_model
-
-MEAN_STD = [0.5, 0.5, 0.5]  # PaddleSeg's Normalize, used by every training config
+from ddrnet.train.checkpoint import Checkpoint, deploy_info, load_checkpoint
 
 
 class DygraphBackend(Backend):
@@ -29,19 +26,19 @@ class DygraphBackend(Backend):
             return self.model(paddle.to_tensor(tensor)).numpy()
 
 
-def checkpoint_manifest(meta: dict) -> dict:
-    """The deploy.yaml fields the Predictor needs, for a model that has not been exported."""
-    names = list(CLASS_NAMES) if meta["num_classes"] == len(CLASS_NAMES) else [
-        "class_{}".format(i) for i in range(meta["num_classes"])]
-    palette = PALETTE.tolist() if meta["num_classes"] == len(CLASS_NAMES) else [
-        [(37 * i) % 256, (91 * i) % 256, (151 * i) % 256] for i in range(meta["num_classes"])]
+def checkpoint_manifest(checkpoint: Checkpoint) -> dict:
+    """The deploy.yaml fields the Predictor needs, for a model that has not been exported: the same
+    classes and Normalize an export of it would record (train/checkpoint.deploy_info)."""
+    deploy, meta = deploy_info(checkpoint), checkpoint.meta
     return {"schema_version": 1, "model_name": meta["name"], "num_classes": meta["num_classes"],
-            "class_names": names, "palette": palette, "precision": "fp32",
+            "label_set": deploy["label_set"], "class_names": deploy["class_names"], "palette": deploy["palette"],
+            "precision": "int8" if checkpoint.compression.get("qat") else "fp32",
             "input": {"name": "x", "shape": [-1, 3, -1, -1], "color_order": "RGB", "layout": "NCHW",
-                      "mean": MEAN_STD, "std": MEAN_STD},
+                      "mean": deploy["mean"], "std": deploy["std"]},
             "output": {"op": "none"}, "files": []}
 
 
 def checkpoint_predictor(weights: str, model_name: Optional[str] = None) -> Predictor:
-    model, meta = load_model(weights, model_name=model_name)
-    return Predictor.from_backend(DygraphBackend(model), checkpoint_manifest(meta), source=weights)
+    """FP32, pruned, QAT (its fake-quant model) or pruned + QAT checkpoints alike."""
+    checkpoint = load_checkpoint(weights, model_name=model_name)
+    return Predictor.from_backend(DygraphBackend(checkpoint.model), checkpoint_manifest(checkpoint), source=weights)

@@ -1,0 +1,1 @@
+"""CPU stand-in for pycuda (see tests/fake_gpu/tensorrt.py)."""
