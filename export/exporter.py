@@ -31,6 +31,10 @@ model ("paddle-fp32", quantization error included) >= 99 %. The raw agreement, a
 calibration root both models' mIoU on the parity images, are recorded too; --accept-parity writes
 an export that fails its gate and records that. Each file is measured through the backend it is for
 (model.openvino.onnx through OpenVINO where it is installed, else onnxruntime: the parity entry says).
+
+Why one ~510-line module: an export is one transaction (load, trace, quantize, gate, manifest, rename)
+whose steps share the job's options and scratch folder; the format-specific work lives in onnx_int8.py,
+openvino_int8.py, parity.py, check.py and targets.py.
 """
 from __future__ import annotations
 

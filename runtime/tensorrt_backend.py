@@ -15,6 +15,10 @@ a Q/DQ model only as int8.
 Needs TensorRT 8.5 to 10.x (the tensor-address API of 8.5; 11 dropped the FP16 / INT8 builder flags)
 and pycuda. Every TensorRT attribute used here is listed in `API`, checked when the backend starts;
 tests/test_tensorrt.py checks the list against the real TensorRT Python bindings without a GPU.
+
+Why one ~520-line module: the backend and `ddrnet engine` share one engine life cycle (API check,
+profile, precision rules, engine names, selection by GPU and TensorRT version), and keeping it in one
+place is what guarantees the runtime loads exactly what the engine command recorded.
 """
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -73,10 +75,19 @@ def loader_thread(iterator: Any) -> Any:
     return getattr(iterator, "_thread", None)
 
 
-def shutdown_loader(iterator: Any) -> None:
+def shutdown_loader(iterator: Any, sigchld_before: Any) -> None:
     """Stop the iterator's reader thread and workers now rather than in __del__ at interpreter exit,
-    where stopping them deadlocks."""
+    where stopping them deadlocks; then put back the SIGCHLD handler from before the iterator.
+
+    Paddle's multi-process iterator installs a process-wide SIGCHLD handler that calls
+    core._throw_error_if_process_failed() at every child exit, and leaves it there after its workers
+    are gone. Once OpenVINO's libraries are loaded in the process, that call crashes it with SIGSEGV
+    when any later subprocess exits (seen: training, then OpenVINO, then a subprocess)."""
     iterator._try_shutdown_all()
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal's rule
+    if in_main_thread and signal.getsignal(signal.SIGCHLD) is not sigchld_before:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL if sigchld_before is None else sigchld_before)
+        paddle.io.multiprocess_utils._SIGCHLD_handler_set = False  # the next multi-process iterator re-installs it
 
 
 # --- CPU threads ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ of loader workers or GPUs, and every epoch sees new augmentations.
 """
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -293,6 +294,7 @@ def batches(loader: paddle.io.DataLoader) -> Iterator:
             compat.wake_loader(reader)  # the loop then raises SystemError
 
     iterator = None
+    sigchld_before = signal.getsignal(signal.SIGCHLD)
     threading.excepthook = on_thread_error
     try:
         iterator = iter(loader)
@@ -310,7 +312,7 @@ def batches(loader: paddle.io.DataLoader) -> Iterator:
     finally:
         threading.excepthook = previous
         if iterator is not None:  # now: left to __del__ at exit, stopping the workers deadlocks
-            compat.shutdown_loader(iterator)
+            compat.shutdown_loader(iterator, sigchld_before)
 
 
 def _dataset_message(err: BaseException) -> str:
