@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     step = Steps()
     step("1/7 synthetic Cityscapes-format data")
-    generate(data, args.train_images, args.val_images, size=(h, w), seed=0)
+    generate(data, args.train_images, args.val_images, size=(h, w), seed=0, workers=cpu_count())
 
     step("2/7 train ddrnet23_slim on CPU")
     from ddrnet.train.config import load_config
