@@ -19,6 +19,7 @@ import hmac
 import html
 import json
 import logging
+import os
 import re
 import select
 import socket
@@ -166,6 +167,7 @@ class LiveView:
     # -- encoder thread ---------------------------------------------------------------------
 
     def _encode_loop(self) -> None:
+        _yield_to_inference()
         timeout = None
         while not self.closed.is_set():
             self._wake.wait(timeout)
@@ -250,6 +252,16 @@ class LiveView:
         query = "?token=" + quote(self.token, safe="") if self.token else ""
         cards = "".join(_CARD.format(i=i, name=html.escape(name), q=query) for i, name in enumerate(self._names))
         return _PAGE.replace("{cards}", cards).replace("{status_url}", json.dumps("/status" + query))
+
+
+def _yield_to_inference(niceness: int = 10) -> None:
+    """Lower this thread's scheduling priority: Linux schedules threads as tasks and applies
+    setpriority(PRIO_PROCESS, thread id) to that thread alone, so when inference wants every core the
+    encoder waits instead of taking a share of them. Elsewhere (or not permitted) it runs as it is."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
 
 
 @functools.lru_cache(maxsize=1)

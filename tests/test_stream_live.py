@@ -122,6 +122,19 @@ def test_live_view_page_status_and_video(tmp_path, model_dir):
         socket.create_connection(("127.0.0.1", view.port), timeout=2).close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_the_encoder_yields_the_cores_to_inference():
+    view = liveview.LiveView("127.0.0.1", 0)
+    before = set(threading.enumerate())  # an earlier test's encoder may still be ending
+    view.start(["camera"], dict, lambda frame, mask: frame)
+    try:
+        encoder = next(t for t in threading.enumerate() if t.name == "liveview-jpeg" and t not in before)
+        wait_until(lambda: os.getpriority(os.PRIO_PROCESS, encoder.native_id) == 10, "the encoder to lower itself")
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # the caller keeps its priority
+    finally:
+        view.close()
+
+
 def test_viewer_of_a_silent_source_gets_a_placeholder_and_leaves_cleanly():
     view = liveview.LiveView("127.0.0.1", 0, token=TOKEN)
     view.start(["camera that never answers"], dict, lambda frame, mask: frame)
