@@ -1,6 +1,6 @@
 """Soak test of `ddrnet stream` on a local MJPEG camera with injected faults (not a unit test).
 
-    python benchmarks/soak_stream.py --make-model ddrnet23_slim --minutes 10   # the issue-17 soak
+    python benchmarks/soak_stream.py --make-model ddrnet23_slim --minutes 10   # the 10-minute soak
     python benchmarks/soak_stream.py --model runs/export/fp32 --minutes 10
     python benchmarks/soak_stream.py --minutes 0.5          # smoke run on a tiny 1x1-conv ONNX model
 
@@ -12,7 +12,7 @@ stream, in the same process. `--make-model NAME` exports a randomly initialised 
 input; needs the train extra) into `--work` once and reuses it: random weights cost what trained ones do.
 `--viewers N` keeps N live-view viewers (separate processes) watching for the whole run.
 
-Targets (issues 13 and 17), judged in "targets":
+Targets, judged in "targets":
 - the model is slower than the camera (else frame age measures the camera's frame interval, and the
   age target below cannot be met by design: check `model_slower_than_source`);
 - every fault recovered: a reconnect after each, new frames within 2 s of the camera being back;

@@ -1,4 +1,4 @@
-"""How soon does `ddrnet stream` see new frames after an RTSP camera comes back? (issue 13, item 6)
+"""How soon does `ddrnet stream` see new frames after an RTSP camera comes back?
 
     python benchmarks/stream_recovery.py                  # 5 cuts of 5 s, the tiny model
     python benchmarks/stream_recovery.py --cycles 10 --down 20 --model DIR

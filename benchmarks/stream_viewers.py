@@ -10,8 +10,8 @@ without viewers and with `--viewers` viewers alternate (ABBA order, so a drift o
 alike); each viewer is a separate process reading /video/0.mjpg as a browser does (on a real car it
 is on another machine; here it shares the CPU, which makes the comparison harsher, not kinder). The
 stream FPS of a phase is processed frames / seconds, from the runner's counters; the process's CPU time
-per processed frame is recorded too (the live view's extra work, readable even on a busy host). Target
-(issue 17): median FPS with viewers >= 0.95x the median without.
+per processed frame is recorded too (the live view's extra work, readable even on a busy host).
+Target: median FPS with viewers >= 0.95x the median without.
 
 Writes benchmarks/results/stream_viewers.json.
 """

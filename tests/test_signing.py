@@ -98,7 +98,7 @@ def _flip_last_byte(path: str) -> None:
     open(path, "wb").write(bytes(data))
 
 
-# -- the refusal table of issue 18 ---------------------------------------------------------------
+# -- every refusal of a signed bundle ---------------------------------------------------------------
 
 def test_valid_signed_bundle_runs_and_is_recorded(unsigned, keys, frame, tmp_path, capsys):
     model_dir = _signed(unsigned, keys, tmp_path, version=7)
