@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -147,7 +146,9 @@ def main() -> int:
         result = measure(bundle, args.repeat, args.fresh)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result["host"] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
+    from ddrnet.runtime.bench import host_info
+
+    result["host"] = host_info()
     result["repeat"] = args.repeat
     for name, value in result.items():
         print("{:32s} {}".format(name, value))
@@ -156,14 +157,6 @@ def main() -> int:
 
         write_json(result, args.json)
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.fileio import atomic_path
+from ddrnet.runtime.options import cpu_count
 from ddrnet.runtime.timing import Subject, fps_fields, latency_stats, measure
 
 STAGES = (("preprocess", "pre_ms"), ("inference", "infer_ms"), ("postprocess", "post_ms"),
@@ -51,14 +52,10 @@ def _cpuinfo() -> Dict[str, str]:
 def host_info() -> dict:
     info = _cpuinfo()
     flags = set((info.get("flags") or info.get("Features") or "").split())
-    try:
-        cores = len(os.sched_getaffinity(0))  # what this process may use, not the whole box
-    except AttributeError:
-        cores = os.cpu_count() or 1
     return {
         "cpu": info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor()
         or platform.machine(),
-        "cores": cores,
+        "cores": cpu_count(),  # what this process may use, not the whole box
         "isa": [f for f in ISA_FLAGS if f in flags],
         "machine": platform.machine(),
         "os": platform.platform(),

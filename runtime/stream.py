@@ -29,13 +29,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
-
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.liveview import LiveView
 from ddrnet.runtime.outputs import (JsonlLog, OutputWorker, Result, VideoSink, check_outputs, choose_encoder,
                                     has_display, mask_folders, video_paths)
 from ddrnet.runtime.capture import Backoff, Frame, FrameSlot, SourceWorker
+from ddrnet.runtime.timing import latency_stats
 from ddrnet.runtime.sources import (DEFAULT_FPS, LIVE_KINDS, SourceSpec, VideoReader, open_ordered_reader,
                                     parse_source)
 
@@ -71,11 +70,11 @@ class Reservoir:
 
 
 def percentiles(values) -> Dict[str, Optional[float]]:
+    """p50, p99 and mean of the stream's samples (runtime/timing.latency_stats), rounded; None when empty."""
     if not len(values):
         return {"p50": None, "p99": None, "mean": None}
-    arr = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(arr, 50)), 3), "p99": round(float(np.percentile(arr, 99)), 3),
-            "mean": round(float(arr.mean()), 3)}
+    stats = latency_stats(values)
+    return {key: round(stats[key], 3) for key in ("p50", "p99", "mean")}
 
 
 class Tally:
