@@ -23,6 +23,7 @@ from ddrnet.runtime.consistency import check_model
 from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.imageio import to_bgr8
 from ddrnet.runtime.manifest import load_manifest, to_plain, validate_manifest
+from ddrnet.runtime.options import cpu_count
 from ddrnet.runtime.signing import Trust, accept, authenticate
 from ddrnet.runtime.upsample import upsample_argmax
 
@@ -44,6 +45,7 @@ class Predictor:
         manifest = load_manifest(model_dir, data=data, missing_ok=True)
         engine = create_backend(manifest, model_dir, backend, device, threads, precision, spinning)
         self._setup(model_dir, manifest, engine, engine.name, device)
+        self.head_threads = threads or cpu_count()  # the runtime head's, as many as the backend's
         check_model(manifest, engine, self.input_shape)  # a swapped model, even with its hash updated
         accept(accepted, trust)  # only a bundle that loaded becomes the newest version this device ran
 
@@ -79,6 +81,7 @@ class Predictor:
         # which plane of the BGR frame feeds each model input channel
         self._source_plane = (2, 1, 0) if spec["color_order"] == "RGB" else (0, 1, 2)
         self._buffers = {}  # type: Dict[str, np.ndarray]
+        self.head_threads = 1  # threads for upsample_argmax (output op lowres_logits)
         self.last_timing = {}  # type: Dict[str, float]
 
     def _merge_shapes(self, graph: Sequence[int], declared: Sequence[int]) -> List[int]:
@@ -162,7 +165,7 @@ class Predictor:
         op lowres_logits) scores at a lower resolution, upsampled to `network_hw` and argmaxed."""
         if self.output_op == "lowres_logits" and out.dtype.kind == "f" and out.ndim == 4 \
                 and out.shape[1] == len(self.class_names):
-            return np.stack([upsample_argmax(scores, network_hw) for scores in out])
+            return np.stack([upsample_argmax(scores, network_hw, self.head_threads) for scores in out])
         if out.dtype.kind in "iu":
             if out.ndim == 4 and out.shape[1] == 1:
                 out = out[:, 0]

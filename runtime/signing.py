@@ -2,11 +2,12 @@
 
 deploy.yaml lists the SHA-256 of every file of a model dir, but whoever can write the dir can
 rewrite deploy.yaml too: hashes give integrity, not authenticity. `ddrnet sign` adds
-`signature.json`, an Ed25519 signature (the `cryptography` package) over deploy.yaml's SHA-256, a
-bundle version and an expiry date. Given the fleet's public key (`--trust KEY.pub`, DDRNET_TRUST,
-`Predictor(trust=...)`), the runtime refuses an unsigned bundle, a signature by another key or
-over other content, an expired signature, and a version older than the newest this device has
-accepted (rollback), remembered per key and model name in a small state file. This is the
+`signature.json`, an Ed25519 signature (made with the `cryptography` package; checked through
+OpenSSL's libcrypto where the process finds it, else through cryptography) over deploy.yaml's
+SHA-256, a bundle version and an expiry date. Given the fleet's public key (`--trust KEY.pub`,
+DDRNET_TRUST, `Predictor(trust=...)`), the runtime refuses an unsigned bundle, a signature by
+another key or over other content, an expired signature, and a version older than the newest this
+device has accepted (rollback), remembered per key and model name in a small state file. This is the
 targets metadata of The Update Framework / Uptane, reduced to one key and one bundle.
 
 signature.json:
@@ -54,14 +55,71 @@ Trust = Union[str, bool, None]
 
 
 def _ed25519():
-    """(ed25519 module, InvalidSignature): all that verifying needs. cryptography's serialization
-    package is left to the signing side: its imports (SSH, RSA, EC, ciphers) took ~12 ms."""
+    """(ed25519 module, InvalidSignature) of cryptography, for keys and signing (and verifying where
+    OpenSSL's libcrypto is not found). Its serialization package is left to the signing side: its imports
+    (SSH, RSA, EC, ciphers) took ~12 ms."""
     try:
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
         raise DDRNetError("signed bundles need the cryptography package (pip install cryptography)") from None
     return ed25519, InvalidSignature
+
+
+# OpenSSL 1.1.1 or later (raw Ed25519 keys, one-shot EVP_DigestVerify): the library Python's own hashlib and ssl
+# load, so binding it costs well under a millisecond where importing cryptography's 14 MB native module costs
+# ~10 ms at every process start (benchmarks/trust_startup.py).
+_LIBCRYPTO_NAMES = ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.3.dylib", "libcrypto.1.1.dylib")
+_NID_ED25519 = 1087  # OpenSSL's EVP_PKEY_ED25519
+
+
+@functools.lru_cache(maxsize=None)
+def _libcrypto():
+    """OpenSSL's libcrypto with the Ed25519 verification calls typed, or None (then cryptography verifies)."""
+    import ctypes
+
+    ptr, size = ctypes.c_void_p, ctypes.c_size_t
+    signatures = {  # name: (restype, argtypes)
+        "EVP_PKEY_new_raw_public_key": (ptr, [ctypes.c_int, ptr, ctypes.c_char_p, size]),
+        "EVP_PKEY_free": (None, [ptr]),
+        "EVP_MD_CTX_new": (ptr, []),
+        "EVP_MD_CTX_free": (None, [ptr]),
+        "EVP_DigestVerifyInit": (ctypes.c_int, [ptr, ptr, ptr, ptr, ptr]),
+        "EVP_DigestVerify": (ctypes.c_int, [ptr, ctypes.c_char_p, size, ctypes.c_char_p, size]),
+        "ERR_clear_error": (None, []),
+    }
+    for name in _LIBCRYPTO_NAMES:
+        try:
+            lib = ctypes.CDLL(name)
+            for function, (restype, argtypes) in signatures.items():
+                getattr(lib, function).restype, getattr(lib, function).argtypes = restype, argtypes
+        except (OSError, AttributeError):  # not there, or older than 1.1.1
+            continue
+        return lib
+    return None
+
+
+def verify_ed25519(raw_public: bytes, sig: bytes, message: bytes) -> bool:
+    """Whether `sig` is the Ed25519 signature of `message` by the 32-byte public key `raw_public` (RFC 8032),
+    through OpenSSL when the process can bind it, else through cryptography."""
+    lib = _libcrypto()
+    if lib is None:
+        ed25519, invalid_signature = _ed25519()
+        try:
+            ed25519.Ed25519PublicKey.from_public_bytes(raw_public).verify(sig, message)
+        except invalid_signature:
+            return False
+        return True
+    pkey, ctx = lib.EVP_PKEY_new_raw_public_key(_NID_ED25519, None, raw_public, len(raw_public)), None
+    try:
+        ctx = lib.EVP_MD_CTX_new()
+        if not pkey or not ctx or lib.EVP_DigestVerifyInit(ctx, None, None, None, pkey) != 1:
+            raise DDRNetError("OpenSSL could not set up Ed25519 verification")
+        return lib.EVP_DigestVerify(ctx, sig, len(sig), message, len(message)) == 1
+    finally:
+        lib.EVP_MD_CTX_free(ctx)
+        lib.EVP_PKEY_free(pkey)
+        lib.ERR_clear_error()  # a failed check leaves errors queued, which hashlib and ssl would otherwise report
 
 
 def _serialization():
@@ -146,9 +204,9 @@ def load_private_key(path: str, option: str = "--key"):
     return key
 
 
-def load_public_key(path: str, option: str = "--trust") -> Tuple[object, str]:
-    """(Ed25519PublicKey, key id) of a .pub file (PEM, as ddrnet keygen or `openssl pkey -pubout` write it)."""
-    ed25519, _ = _ed25519()
+def load_public_key(path: str, option: str = "--trust") -> Tuple[bytes, str]:
+    """(raw 32-byte Ed25519 public key, key id) of a .pub file (PEM, as ddrnet keygen or `openssl pkey -pubout`
+    write it)."""
     data = _read_key_file(path, option)
     match = _PEM_PUBLIC.search(data)
     der = b""
@@ -160,7 +218,7 @@ def load_public_key(path: str, option: str = "--trust") -> Tuple[object, str]:
     if len(der) != len(ED25519_SPKI_PREFIX) + 32 or not der.startswith(ED25519_SPKI_PREFIX):
         raise DDRNetError("{} {}: not an Ed25519 public key (the .pub of ddrnet keygen)".format(option, path))
     raw = der[len(ED25519_SPKI_PREFIX):]
-    return ed25519.Ed25519PublicKey.from_public_bytes(raw), key_id(raw)
+    return raw, key_id(raw)
 
 
 # -- time ----------------------------------------------------------------------------------------
@@ -364,20 +422,17 @@ def _check_payload(signed: dict, path: str) -> None:
         raise DDRNetError("{}: signed content is not a {} payload".format(path, PAYLOAD_TYPE))
 
 
-def verify_signature(model_dir: str, manifest_bytes: bytes, public_key, keyid: str,
+def verify_signature(model_dir: str, manifest_bytes: bytes, public_key: bytes, keyid: str,
                      now: Optional[datetime.datetime] = None) -> dict:
-    """The signed payload, once it is signed by `public_key`, covers these deploy.yaml bytes and has
-    not expired (raises DDRNetError otherwise)."""
-    _, invalid_signature = _ed25519()
+    """The signed payload, once it is signed by `public_key` (raw Ed25519), covers these deploy.yaml bytes
+    and has not expired (raises DDRNetError otherwise)."""
     path = signature_path(model_dir)
     signed, signer, sig = _load_signature(path)
     if signer != keyid:
         raise DDRNetError("{}: signed by key {}, not by the trusted key {}".format(path, signer[:16], keyid[:16]))
-    try:
-        public_key.verify(sig, canonical(signed))
-    except invalid_signature:
+    if not verify_ed25519(public_key, sig, canonical(signed)):
         raise DDRNetError("{}: bad signature (the signed content was changed, or the signature "
-                          "forged)".format(path)) from None
+                          "forged)".format(path))
     _check_payload(signed, path)
     if hashlib.sha256(manifest_bytes).hexdigest() != signed["manifest_sha256"]:
         raise DDRNetError("{}: does not match the bundle's signature (changed after signing)".format(

@@ -313,21 +313,60 @@ def test_without_a_trust_key_the_runtime_warns_once(unsigned, tmp_path):
     assert proc.returncode == 0 and "not authenticated" not in proc.stderr
 
 
-def test_without_cryptography_only_trust_needs_it(unsigned, keys, tmp_path):
-    """An install without the cryptography package runs unsigned bundles; a trust key is a one-line error."""
+@pytest.fixture
+def verifier(request, monkeypatch):
+    """verify_ed25519 through OpenSSL's libcrypto, or (no library names to try) through cryptography."""
+    if request.param == "cryptography":
+        monkeypatch.setattr(signing, "_LIBCRYPTO_NAMES", ())
+    signing._libcrypto.cache_clear()
+    yield request.param
+    signing._libcrypto.cache_clear()
+
+
+@pytest.mark.parametrize("verifier", ["openssl", "cryptography"], indirect=True)
+def test_both_verifiers_accept_only_the_exact_signature(verifier):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    assert (signing._libcrypto() is None) == (verifier == "cryptography")  # Debian and Jetson ship libcrypto
+    key, other = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    message = b'{"signed": "deploy.yaml"}'
+    sig = key.sign(message)
+    flipped = bytes([sig[0] ^ 1]) + sig[1:]
+    cases = {"valid": (sig, message, True), "empty message": (key.sign(b""), b"", True),
+             "signature bit": (flipped, message, False), "message bit": (sig, message[:-1] + b"]", False),
+             "other key": (other.sign(message), message, False), "short": (sig[:63], message, False),
+             "long": (sig + b"\0", message, False), "empty signature": (b"", message, False)}
+    for case, (signature, text, expected) in cases.items():
+        assert signing.verify_ed25519(raw, signature, text) is expected, case
+    if verifier == "openssl":  # a refusal leaves nothing in OpenSSL's error queue for hashlib to trip on
+        import ctypes
+        assert ctypes.CDLL(signing._libcrypto()._name).ERR_peek_error() == 0
+
+
+def test_verification_needs_only_one_of_openssl_and_cryptography(unsigned, keys, tmp_path):
+    """Without the cryptography package a signed bundle still verifies (OpenSSL); with neither, unsigned
+    bundles run and a trust key is a one-line error."""
+    signed = _signed(unsigned, keys, tmp_path)
     script = ("import sys\n"
               "sys.modules['cryptography'] = None  # import cryptography now raises ImportError\n"
-              "from ddrnet.runtime import Predictor\n"
+              "from ddrnet.runtime import Predictor, signing\n"
               "from ddrnet.runtime.errors import DDRNetError\n"
-              "Predictor(sys.argv[1])\n"
+              "Predictor(sys.argv[1], trust=sys.argv[2])\n"
+              "print('verified')\n"
+              "signing._LIBCRYPTO_NAMES = ()\n"
+              "signing._libcrypto.cache_clear()\n"
+              "Predictor(sys.argv[3])\n"
               "try:\n"
               "    Predictor(sys.argv[1], trust=sys.argv[2])\n"
               "except DDRNetError as err:\n"
               "    print(err)\n")
-    proc = subprocess.run([sys.executable, "-c", script, unsigned, keys["fleet"][1]], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", script, signed, keys["fleet"][1], unsigned], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "signed bundles need the cryptography package (pip install cryptography)"
+    assert proc.stdout.splitlines() == ["verified",
+                                        "signed bundles need the cryptography package (pip install cryptography)"]
 
 
 # -- keygen and sign -----------------------------------------------------------------------------

@@ -202,8 +202,10 @@ def test_unwritable_save_dir_fails_before_training(data, tmp_path):
 
 def test_two_process_data_parallel_on_cpu(data, tmp_path):
     run_dir = str(tmp_path / "dist")
+    # the README's form: the launcher runs the `ddrnet` console script (an executable) in each process
+    ddrnet = os.path.join(os.path.dirname(sys.executable), "ddrnet")
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-           "--log_dir", str(tmp_path / "log"), "-m"] + train_cmd(data, run_dir, 2)[2:]
+           "--log_dir", str(tmp_path / "log"), ddrnet] + train_cmd(data, run_dir, 2)[3:]
     out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     logs = [(tmp_path / "log" / "workerlog.{}".format(r)).read_text() for r in (0, 1)]
@@ -211,6 +213,22 @@ def test_two_process_data_parallel_on_cpu(data, tmp_path):
     # Paddle has no CPU sync_batch_norm kernel: said once per process, and training goes on
     assert all("BatchNorm statistics are per process" in log for log in logs)
     assert read_state(os.path.join(run_dir, "iter_000002"))["iteration"] == 2
+
+
+def test_demo_trains_in_two_processes_with_the_config_batch_split(data, tmp_path):
+    """`ddrnet demo` on two cores: paddle.distributed.launch, the config's batch of 8 as 4 per process."""
+    from ddrnet.demo import train_in_processes, train_processes
+
+    assert [train_processes(2, 8), train_processes(1, 8), train_processes(2, 7), train_processes(8, 8)] == [2, 1, 1, 2]
+    save_dir = str(tmp_path / "run")
+    summary = train_in_processes(2, save_dir, data, 8, iters=2)
+    assert summary["iteration"] == 2 and summary["best"]["iteration"] == 2
+    state = read_state(os.path.join(save_dir, "best_model"))
+    assert state["config"]["batch_size"] == 4 and state["iteration"] == 2
+    logs = [open(os.path.join(save_dir, "launch_log", "workerlog.{}".format(r))).read() for r in (0, 1)]
+    assert all("done: iteration 2" in log for log in logs)
+    with pytest.raises(DDRNetError, match=r"^training failed \(exit [1-9]\d*\); its log: .*launch_log/workerlog\.0$"):
+        train_in_processes(2, str(tmp_path / "bad"), str(tmp_path / "no-data"), 8, iters=2)
 
 
 def _bn_statistics(folder):
@@ -230,7 +248,8 @@ def test_sync_batchnorm_two_gpus_equal_one_gpu_with_the_doubled_batch(tmp_path):
     def run(gpus, batch, name):
         save_dir = str(tmp_path / name)
         cmd = [sys.executable, "-m", "paddle.distributed.launch", "--gpus", gpus,
-               "--log_dir", str(tmp_path / (name + "_log")), "-m", "ddrnet", "train",
+               "--log_dir", str(tmp_path / (name + "_log")), os.path.join(os.path.dirname(sys.executable), "ddrnet"),
+               "train",
                "--config", "ddrnet23_slim_synthetic_cpu.yml", "--data-root", data,
                "--save-dir", save_dir, "--device", "gpu", "--batch_size", str(batch), *same]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -53,3 +53,38 @@ def test_other_ratios_fall_back_to_full_upsampling(hw, out_hw):
     labels = upsample_argmax(scores, out_hw)
     agreement = (labels == resize_argmax_onnx(scores, out_hw)).mean()
     assert labels.shape == out_hw and agreement > 0.999  # OpenCV's and onnxruntime's rounding may differ
+
+
+def test_a_class_best_at_no_corner_still_wins_between_them():
+    """Class 2 is second at every low-res pixel but first where classes 0 and 1 mix half and half: the
+    candidate pruning must keep it (it is beaten at every corner, but never by one class at all four)."""
+    scores = np.zeros((3, 2, 2), np.float32)
+    scores[0, :, 0], scores[1, :, 0] = 10, 0   # left column: class 0 leads
+    scores[0, :, 1], scores[1, :, 1] = 0, 10   # right column: class 1 leads
+    scores[2] = 9
+    labels = upsample_argmax(scores, (16, 16))
+    assert (labels == resize_argmax_onnx(scores, (16, 16))).all()
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_threads_split_the_boundary_blocks_and_agree(monkeypatch):
+    """Enough boundary blocks for two threads: two halves, handed to the pool, and the same labels as one
+    thread."""
+    import threading
+
+    from ddrnet.runtime import upsample
+
+    monkeypatch.setattr(upsample, "MIN_BLOCKS_PER_THREAD", 16)
+    scores = smooth_scores(np.random.default_rng(3), 19, (24, 40), blob=2)
+    one = upsample_argmax(scores, (192, 320), threads=1)
+    calls, real = [], upsample._boundary_labels
+
+    def spy(pixels, rows, cols, stride):
+        calls.append((rows.size, threading.current_thread().name))
+        return real(pixels, rows, cols, stride)
+
+    monkeypatch.setattr(upsample, "_boundary_labels", spy)
+    two = upsample_argmax(scores, (192, 320), threads=2)
+    assert len(calls) == 2 and abs(calls[0][0] - calls[1][0]) <= 1 and calls[0][0] >= 16
+    assert all(name.startswith("upsample") for _, name in calls)
+    assert (one == two).all() and (two == resize_argmax_onnx(scores, (192, 320))).all()

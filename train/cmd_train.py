@@ -1,7 +1,7 @@
 """Train DDRNet from a YAML config (PaddleSeg's files and key names).
 
   ddrnet train --config ddrnet23_cityscapes_1024x1024_120k.yml --data-root data/cityscapes --save-dir runs/ddrnet23
-  python -m paddle.distributed.launch --gpus 0,1,2,3 -m ddrnet train --config ... --save-dir ...
+  python -m paddle.distributed.launch --gpus 0,1,2,3 "$(which ddrnet)" train --config ... --save-dir ...
 
 Checkpoints (iter_NNNNNN/, best_model/) are written atomically; --resume continues from the newest
 complete one with the same data order, lr and optimizer state. Every flag of PaddleSeg's tools/train.py
