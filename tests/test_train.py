@@ -225,6 +225,15 @@ def test_demo_trains_in_two_processes_with_the_config_batch_split(data, tmp_path
     assert summary["iteration"] == 2 and summary["best"]["iteration"] == 2
     state = read_state(os.path.join(save_dir, "best_model"))
     assert state["config"]["batch_size"] == 4 and state["iteration"] == 2
+    # the mIoU stored with the checkpoint is that checkpoint's own (BN statistics averaged over the
+    # processes before the sharded evaluation and the save), not a mix of two processes' models
+    from ddrnet.train.checkpoint import load_checkpoint
+    from ddrnet.train.evaluate import evaluate
+    from ddrnet.train.trainer import build_dataset
+
+    alone = evaluate(load_checkpoint(os.path.join(save_dir, "best_model")).model,
+                     build_dataset(state["config"], "val_dataset", data), progress=False)
+    assert abs(alone["miou"] - state["metrics"]["miou"]) < 1e-6
     logs = [open(os.path.join(save_dir, "launch_log", "workerlog.{}".format(r))).read() for r in (0, 1)]
     assert all("done: iteration 2" in log for log in logs)
     with pytest.raises(DDRNetError, match=r"^training failed \(exit [1-9]\d*\); its log: .*launch_log/workerlog\.0$"):
