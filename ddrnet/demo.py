@@ -48,7 +48,7 @@ TRAIN_PROCESSES = 2
 
 
 def train_processes(cores: int, batch_size: int) -> int:
-    """Data-parallel CPU processes for the demo's training: two where there are two cores. Paddle's CPU
+    """Data-parallel CPU processes for the demo's training: two wherever there are two cores. Paddle's CPU
     kernels use a second thread poorly (a step of batch 8: 1.42 s on one thread, 1.27 s on two) and a
     second process well (0.9 s for two processes of batch 4 with one thread each, the same global batch);
     more processes would leave BatchNorm too few images each."""

@@ -88,8 +88,8 @@ def _boundary_labels(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, str
     return labels
 
 
-# below this many boundary blocks per thread, handing work to a thread costs more than it saves
-MIN_BLOCKS_PER_THREAD = 1024
+# below this many 8x8 blocks per thread, handing work to a thread costs more than it saves
+MIN_BLOCKS_PER_THREAD = 2048
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,18 +97,16 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="upsample")
 
 
-def _all_boundary_labels(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, stride: int,
-                         threads: int) -> np.ndarray:
-    """_boundary_labels of every block, split among `threads` threads when there are enough blocks
-    (numpy's indexing, ufuncs and matmul release the GIL)."""
-    pixels = np.ascontiguousarray(scores.transpose(1, 2, 0))
-    parts = min(threads, rows.size // MIN_BLOCKS_PER_THREAD)
-    if parts < 2:
-        return _boundary_labels(pixels, rows, cols, stride)
-    bounds = np.linspace(0, rows.size, parts + 1).astype(int)
-    chunks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-    return np.concatenate(list(_pool(parts).map(
-        lambda chunk: _boundary_labels(pixels, rows[chunk], cols[chunk], stride), chunks)))
+def _block_rows(pixels: np.ndarray, top_left: np.ndarray, agree: np.ndarray, first: int, stop: int,
+                stride: int, out: np.ndarray) -> None:
+    """Labels of block rows first..stop-1 into their `stride` rows each of `out`, the label image of all
+    (h+1) x (w+1) blocks (it starts half a block above and left of the picture)."""
+    blocks = np.broadcast_to(top_left[first:stop, :, None, None],
+                             (stop - first, top_left.shape[1], stride, stride)).copy()
+    rows, cols = np.nonzero(~agree[first:stop])
+    if rows.size:
+        blocks[rows, cols] = _boundary_labels(pixels, rows + first, cols, stride).reshape(-1, stride, stride)
+    out[first * stride:stop * stride] = blocks.transpose(0, 2, 1, 3).reshape((stop - first) * stride, -1)
 
 
 def _upsample_argmax_even(scores: np.ndarray, stride: int, threads: int) -> np.ndarray:
@@ -117,11 +115,17 @@ def _upsample_argmax_even(scores: np.ndarray, stride: int, threads: int) -> np.n
     padded = np.pad(coarse, 1, mode="edge")  # blocks at the border clamp to the edge pixel
     top_left = padded[:-1, :-1]
     agree = (top_left == padded[1:, :-1]) & (top_left == padded[:-1, 1:]) & (top_left == padded[1:, 1:])
-    blocks = np.broadcast_to(top_left[:, :, None, None], (h + 1, w + 1, stride, stride)).copy()
-    rows, cols = np.nonzero(~agree)
-    if rows.size:
-        blocks[rows, cols] = _all_boundary_labels(scores, rows, cols, stride, threads).reshape(-1, stride, stride)
-    full = blocks.transpose(0, 2, 1, 3).reshape((h + 1) * stride, (w + 1) * stride)
+    pixels = np.ascontiguousarray(scores.transpose(1, 2, 0))  # [h, w, C]: a corner's scores in one row
+    full = np.empty(((h + 1) * stride, (w + 1) * stride), np.uint8)
+    # bands of block rows on up to `threads` threads (numpy's indexing, ufuncs and copies release the GIL)
+    parts = max(1, min(threads, (h + 1) * (w + 1) // MIN_BLOCKS_PER_THREAD))
+    bounds = np.linspace(0, h + 1, parts + 1).astype(int)
+    bands = list(zip(bounds[:-1], bounds[1:]))
+    if parts == 1:
+        _block_rows(pixels, top_left, agree, 0, h + 1, stride, full)
+    else:
+        list(_pool(parts).map(lambda band: _block_rows(pixels, top_left, agree, band[0], band[1], stride, full),
+                              bands))
     half = stride // 2
     return full[half:half + h * stride, half:half + w * stride]
 

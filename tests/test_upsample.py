@@ -67,9 +67,9 @@ def test_a_class_best_at_no_corner_still_wins_between_them():
     assert set(np.unique(labels)) == {0, 1, 2}
 
 
-def test_threads_split_the_boundary_blocks_and_agree(monkeypatch):
-    """Enough boundary blocks for two threads: two halves, handed to the pool, and the same labels as one
-    thread."""
+def test_threads_split_the_block_rows_and_agree(monkeypatch):
+    """Enough blocks for two threads: two bands of block rows, covering all of them, on the pool's threads,
+    and the same labels as one thread."""
     import threading
 
     from ddrnet.runtime import upsample
@@ -77,14 +77,14 @@ def test_threads_split_the_boundary_blocks_and_agree(monkeypatch):
     monkeypatch.setattr(upsample, "MIN_BLOCKS_PER_THREAD", 16)
     scores = smooth_scores(np.random.default_rng(3), 19, (24, 40), blob=2)
     one = upsample_argmax(scores, (192, 320), threads=1)
-    calls, real = [], upsample._boundary_labels
+    calls, real = [], upsample._block_rows
 
-    def spy(pixels, rows, cols, stride):
-        calls.append((rows.size, threading.current_thread().name))
-        return real(pixels, rows, cols, stride)
+    def spy(pixels, top_left, agree, first, stop, stride, out):
+        calls.append((first, stop, threading.current_thread().name))
+        return real(pixels, top_left, agree, first, stop, stride, out)
 
-    monkeypatch.setattr(upsample, "_boundary_labels", spy)
+    monkeypatch.setattr(upsample, "_block_rows", spy)
     two = upsample_argmax(scores, (192, 320), threads=2)
-    assert len(calls) == 2 and abs(calls[0][0] - calls[1][0]) <= 1 and calls[0][0] >= 16
-    assert all(name.startswith("upsample") for _, name in calls)
+    assert sorted(c[:2] for c in calls) == [(0, 12), (12, 25)]  # 25 block rows: one more than the 24 rows
+    assert all(name.startswith("upsample") for _, _, name in calls)
     assert (one == two).all() and (two == resize_argmax_onnx(scores, (192, 320))).all()

@@ -217,8 +217,8 @@ def average_bn_statistics(model: paddle.nn.Layer) -> None:
     was evaluated alone). Training is unaffected: it normalises with each batch's own statistics."""
     world = dist.get_world_size()
     for layer in model.sublayers():
-        if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
-            for buffer in (layer._mean, layer._variance):
+        if isinstance(layer, paddle.nn.BatchNorm2D):
+            for buffer in compat.bn_statistics(layer)[:2]:  # running mean, running variance
                 dist.all_reduce(buffer)
                 buffer.set_value(buffer / world)
 
