@@ -84,7 +84,8 @@ def ratios(rows: Sequence[dict], key: tuple) -> Dict[str, Optional[float]]:
             "int8_vs_fp32_lowres_end_to_end": ratio("predictor_fp32_lowres", "predictor_int8_lowres"),
             "lowres_gain_fp32": ratio("predictor_fp32", "predictor_fp32_lowres"),
             "lowres_gain_int8": ratio("predictor_int8_ours", "predictor_int8_lowres"),
-            # OpenVINO: raw runs against onnxruntime FP32, and end to end (the targets: >= 5x onnxruntime FP32, >= 1.2x the peer)
+            # OpenVINO: raw runs against onnxruntime FP32, and end to end (targets: >= 5x onnxruntime FP32,
+            # >= 1.2x the peer)
             "openvino_fp32_vs_onnx_fp32": ratio("onnx_fp32", "openvino_fp32"),
             "openvino_bf16_vs_onnx_fp32": ratio("onnx_fp32", "openvino_bf16"),
             "nncf_vs_onnx_fp32": ratio("onnx_fp32", "openvino_int8_nncf"),

@@ -171,8 +171,8 @@ def per_resolution(before: Dict[str, List[float]], after: Dict[str, List[float]]
         at_size = [f for f in frames if "{}x{}".format(f["width"], f["height"]) == key]
         ages = percentiles([f["age_ms"] for f in at_size])
         # the Predictor's own time inside the stream: what the model got under the stream's load
-        in_stream = [f["pre_ms"] + f["infer_ms"] + f["post_ms"] for f in at_size] or [0.0]
-        in_stream_ms = statistics.median(in_stream)
+        in_stream = percentiles([f["pre_ms"] + f["infer_ms"] + f["post_ms"] for f in at_size] or [0.0])
+        in_stream_ms = in_stream["p50"]
         stream_fps = (e2e.get(key) or {}).get("fps")
         b, a = statistics.median(before[key]), statistics.median(after[key])
         rows[key] = {
@@ -184,7 +184,7 @@ def per_resolution(before: Dict[str, List[float]], after: Dict[str, List[float]]
             "model_slower_than_source": model_ms > 1000.0 / source_fps,
             "in_stream_model_ms_p50": round(in_stream_ms, 3),
             # the host's own jitter: frame age's tail follows the model's tail (age = wait + its inference)
-            "in_stream_model_ms_p99": percentiles(in_stream)["p99"],
+            "in_stream_model_ms_p99": in_stream["p99"],
             "e2e": e2e.get(key),
             "e2e_over_model_fps": round(stream_fps * model_ms / 1000.0, 3) if stream_fps else None,
             # ~1.0 means the runtime adds no scheduling gaps; the rest of the gap is CPU contention

@@ -44,8 +44,7 @@ class Predictor:
         # refuses files that do not match their SHA-256; the backend names a missing file it needs
         manifest = load_manifest(model_dir, data=data, missing_ok=True)
         engine = create_backend(manifest, model_dir, backend, device, threads, precision, spinning)
-        self._setup(model_dir, manifest, engine, engine.name, device)
-        self.head_threads = threads or cpu_count()  # the runtime head's, as many as the backend's
+        self._setup(model_dir, manifest, engine, engine.name, device, head_threads=threads or cpu_count())
         check_model(manifest, engine, self.input_shape)  # a swapped model, even with its hash updated
         accept(accepted, trust)  # only a bundle that loaded becomes the newest version this device ran
 
@@ -60,7 +59,8 @@ class Predictor:
         predictor._setup(source, manifest, backend, getattr(backend, "name", type(backend).__name__), device)
         return predictor
 
-    def _setup(self, model_dir: str, manifest: dict, backend: Backend, backend_name: str, device: str) -> None:
+    def _setup(self, model_dir: str, manifest: dict, backend: Backend, backend_name: str, device: str,
+               head_threads: int = 1) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
         self.class_names = list(manifest["class_names"])  # type: List[str]
@@ -81,7 +81,7 @@ class Predictor:
         # which plane of the BGR frame feeds each model input channel
         self._source_plane = (2, 1, 0) if spec["color_order"] == "RGB" else (0, 1, 2)
         self._buffers = {}  # type: Dict[str, np.ndarray]
-        self.head_threads = 1  # threads for upsample_argmax (output op lowres_logits)
+        self.head_threads = head_threads  # upsample_argmax's (output op lowres_logits): as many as the backend's
         self.last_timing = {}  # type: Dict[str, float]
 
     def _merge_shapes(self, graph: Sequence[int], declared: Sequence[int]) -> List[int]:

@@ -19,7 +19,7 @@ class MjpegViewer:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.sendall("GET {} HTTP/1.1\r\nHost: viewer\r\n\r\n".format(path).encode("ascii"))
         self._buffer = bytearray()
-        self.headers: List[bytes] = self._until(b"\r\n\r\n").split(b"\r\n") + [b""]
+        self.headers: List[bytes] = self._until(b"\r\n\r\n").split(b"\r\n")
         self.status = int(self.headers[0].split()[1])
         self._end = "\r\n--{}\r\n".format(boundary).encode("ascii")
         if self.status == 200:

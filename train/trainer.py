@@ -350,7 +350,8 @@ def fit(model: paddle.nn.Layer, meta: dict, cfg: dict, save_dir: str, resume: bo
             bar.update(1)
             last = it == iters
             evaluating = val_set is not None and (it % eval_interval == 0 or last)
-            if per_process_bn and (evaluating or it % save_interval == 0 or last):
+            saving = it % save_interval == 0 or last
+            if per_process_bn and (evaluating or saving):
                 average_bn_statistics(model)  # every rank, before the evaluation and the checkpoint
             if evaluating:
                 result = evaluate(model, val_set, progress=False, mode=eval_mode)
@@ -363,7 +364,7 @@ def fit(model: paddle.nn.Layer, meta: dict, cfg: dict, save_dir: str, resume: bo
                         best = {"miou": result["miou"], "iteration": it}
                         save_checkpoint(os.path.join(save_dir, "best_model"), model,
                                         _state(meta, cfg, it, best, extra_state, result))
-            if rank == 0 and (it % save_interval == 0 or last):
+            if rank == 0 and saving:
                 save_checkpoint(os.path.join(save_dir, "iter_{:06d}".format(it)), model,
                                 _state(meta, cfg, it, best, extra_state), optimizer)
                 _prune_checkpoints(save_dir, keep)
