@@ -79,11 +79,13 @@ class Plan:
 
     def budget(self, model: str, hw: Tuple[int, int]) -> Tuple[float, int, int]:
         """(seconds, min rounds, max rounds) for one timed group: the big models at full size get few
-        rounds (each round runs every format once, seconds each on 2 cores); the minimum is a floor."""
+        rounds (each round runs every format once, seconds each on 2 cores); the minimum is a floor.
+        ddrnet23 (one of the OpenVINO targets' two models) gets ~10 rounds on 2 cores: 5 gave medians that
+        moved by 2x between neighbouring groups on a noisy host."""
         if self.quick:
             return 20.0, 5, 40
         big = hw[0] * hw[1] >= 1024 * 2048
-        seconds = {"ddrnet23_slim": 35.0, "ddrnet23": 40.0, "ddrnet39": 45.0}[model] * (1.5 if big else 1.0)
+        seconds = {"ddrnet23_slim": 35.0, "ddrnet23": 80.0, "ddrnet39": 45.0}[model] * (1.5 if big else 1.0)
         return seconds, (3 if big and model == "ddrnet39" else 5), 200
 
     def calib_for(self, model: str, hw: Tuple[int, int]) -> int:

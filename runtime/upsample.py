@@ -52,39 +52,31 @@ def _boundary_labels(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, str
     the block. Testing each class against the four corners' own best classes leaves about 2-3 of 19.
     `pixels`: the scores as [h, w, C], so that a corner's scores are one row."""
     h, w = pixels.shape[:2]
-    y0, y1 = np.clip(rows - 1, 0, h - 1), np.clip(rows, 0, h - 1)
-    x0, x1 = np.clip(cols - 1, 0, w - 1), np.clip(cols, 0, w - 1)
-    # [n, C] per corner, in _block_weights' order: top-left, bottom-left, top-right, bottom-right
-    corners = [pixels[y0, x0], pixels[y1, x0], pixels[y0, x1], pixels[y1, x1]]
-    block = np.arange(rows.size)
-    candidate = np.ones(corners[0].shape, bool)
-    for leader in [c.argmax(axis=1) for c in corners]:
-        beaten = np.ones_like(candidate)
-        for c in corners:
-            beaten &= c < c[block, leader][:, None]
-        candidate &= ~beaten  # beaten at every corner by one class: cannot win anywhere (ties stay)
+    ys = np.clip(np.stack([rows - 1, rows]), 0, h - 1)
+    xs = np.clip(np.stack([cols - 1, cols]), 0, w - 1)
+    # [4, n, C], in _block_weights' order: top-left, bottom-left, top-right, bottom-right
+    corners = pixels[ys[[0, 1, 0, 1]], xs[[0, 0, 1, 1]]]
+    leaders = corners.argmax(axis=2)  # [4, n]: each corner's best class
+    # [leader corner, corner, n, 1]: the score of each corner's leader at every corner
+    lead_scores = np.take_along_axis(corners[None], leaders[:, None, :, None], axis=3)
+    beaten = (corners[None] < lead_scores).all(axis=1).any(axis=0)  # by one leader at all four corners
+    candidate = ~beaten  # ties stay candidates
     counts = candidate.sum(axis=1)
-    # slots[b, k]: block b's k-th candidate class, ascending (so a tie keeps the lower class, as argmax does)
-    slots = np.zeros((rows.size, int(counts.max())), np.intp)
-    classes = np.nonzero(candidate)
-    slots[classes[0], (np.cumsum(candidate, axis=1) - 1)[classes]] = classes[1]
     weights = _block_weights(stride).T  # [4, stride^2]
-    every = slice(None)  # every block has at least two candidates (its corners disagree)
-    best = labels = None
-    for k in range(slots.shape[1]):
-        rows_k = every if k < 2 else np.flatnonzero(counts > k)
-        cls = slots[rows_k, k]
-        # [m, stride^2]; einsum, not matmul: OpenBLAS would start its own threads beside ours
-        values = np.einsum("mk,kp->mp", np.stack([c[block[rows_k], cls] for c in corners], axis=1), weights)
-        cls = np.broadcast_to(cls.astype(np.uint8)[:, None], values.shape)
-        if best is None:
-            best, labels = values, cls.copy()
-        elif k < 2:
-            labels = np.where(values > best, cls, labels)
-            np.maximum(best, values, out=best)
-        else:
-            labels[rows_k] = np.where(values > best[rows_k], cls, labels[rows_k])
-            best[rows_k] = np.maximum(best[rows_k], values)
+    labels = np.empty((rows.size, stride * stride), np.uint8)
+    for count in np.unique(counts):  # blocks with the same number of candidates together: no padding
+        members = np.flatnonzero(counts == count)
+        classes = np.nonzero(candidate[members])[1].reshape(-1, count)  # ascending: a tie keeps the lower class
+        # [m, count, stride^2]; einsum, not matmul: OpenBLAS would start its own threads beside ours
+        values = np.einsum("cmk,cp->mkp", corners[:, members[:, None], classes], weights)
+        classes = classes.astype(np.uint8)
+        best, label = values[:, 0], np.repeat(classes[:, :1], stride * stride, axis=1)
+        for k in range(1, count):
+            better = (values[:, k] > best).view(np.uint8)
+            label += better * (classes[:, k:k + 1] - label)  # uint8 wraps: class k where better, else label
+            if k + 1 < count:
+                best = np.maximum(best, values[:, k])
+        labels[members] = label
     return labels
 
 
@@ -101,12 +93,12 @@ def _block_rows(pixels: np.ndarray, top_left: np.ndarray, agree: np.ndarray, fir
                 stride: int, out: np.ndarray) -> None:
     """Labels of block rows first..stop-1 into their `stride` rows each of `out`, the label image of all
     (h+1) x (w+1) blocks (it starts half a block above and left of the picture)."""
-    blocks = np.broadcast_to(top_left[first:stop, :, None, None],
-                             (stop - first, top_left.shape[1], stride, stride)).copy()
+    # the band as [block row, pixel row, block column, pixel column]: a view of `out`
+    band = out[first * stride:stop * stride].reshape(stop - first, stride, top_left.shape[1], stride)
+    band[:] = top_left[first:stop, None, :, None]
     rows, cols = np.nonzero(~agree[first:stop])
     if rows.size:
-        blocks[rows, cols] = _boundary_labels(pixels, rows + first, cols, stride).reshape(-1, stride, stride)
-    out[first * stride:stop * stride] = blocks.transpose(0, 2, 1, 3).reshape((stop - first) * stride, -1)
+        band[rows, :, cols] = _boundary_labels(pixels, rows + first, cols, stride).reshape(-1, stride, stride)
 
 
 def _upsample_argmax_even(scores: np.ndarray, stride: int, threads: int) -> np.ndarray:
