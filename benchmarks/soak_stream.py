@@ -181,7 +181,7 @@ def per_resolution(before: Dict[str, List[float]], after: Dict[str, List[float]]
         stream_fps = (e2e.get(key) or {}).get("fps")
         b, a = statistics.median(before[key]), statistics.median(after[key])
         rows[key] = {
-            "model_only_ms_p50": round(model_ms, 3),
+            "model_only_ms_p50": model_ms,  # percentiles() rounds
             "model_only_ms_p50_before": round(b, 3),
             "model_only_ms_p50_after": round(a, 3),
             "noisy_host": abs(b - a) > 0.2 * min(b, a),  # before/after disagree: the comparison is weak
@@ -190,7 +190,7 @@ def per_resolution(before: Dict[str, List[float]], after: Dict[str, List[float]]
             "model_only_p99_over_p50": round(model_only["p99"] / model_only["p50"], 3),
             "model_only_fps": round(1000.0 / model_ms, 3),
             "model_slower_than_source": model_ms > 1000.0 / source_fps,
-            "in_stream_model_ms_p50": round(in_stream_ms, 3),
+            "in_stream_model_ms_p50": in_stream_ms,
             # the host's own jitter: frame age's tail follows the model's tail (age = wait + its inference)
             "in_stream_model_ms_p99": in_stream["p99"],
             "e2e": e2e.get(key),

@@ -122,12 +122,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(DEMO_CONFIG)
     if args.iters:
         cfg["iters"] = args.iters
-    processes = train_processes(cpu_count(), int(cfg["batch_size"]))
+    batch_size = int(cfg["batch_size"])
+    processes = train_processes(cpu_count(), batch_size)
     step("2/7 train ddrnet23_slim on CPU ({} process{} of batch {})".format(
-        processes, "es" if processes > 1 else "", int(cfg["batch_size"]) // processes))
+        processes, "es" if processes > 1 else "", batch_size // processes))
     save_dir = os.path.join(args.workdir, "train")
     if processes > 1:
-        summary = train_in_processes(processes, save_dir, data, int(cfg["batch_size"]), args.iters)
+        summary = train_in_processes(processes, save_dir, data, batch_size, args.iters)
     else:
         summary = train(cfg, save_dir, data_root=data, device="cpu")
     best = os.path.join(save_dir, "best_model")
