@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence
 
+from steadiness import describe
 from timing import only
 
 from ddrnet.runtime.fileio import atomic_path, write_text
@@ -245,6 +246,8 @@ def training_table(results: dict) -> str:
 def summary(results: dict) -> str:
     """The key ratios, one line per timed group, for the terminal, and what wins end to end."""
     lines = ["host: " + host_line(results)]
+    if results.get("steadiness"):
+        lines.append(describe(results["steadiness"]))
     for key in groups(results["latency"]):
         r = ratios(results["latency"], key)
         group = "{} {}x{} {}".format(key[0], key[1][0], key[1][1],
@@ -322,6 +325,12 @@ def markdown(results: dict, plots: Sequence[str]) -> str:
         "upsample; the Predictor upsamples and takes the argmax only at class boundaries, exactly); their "
         "time includes that post-processing, so they are compared with the Predictor rows.", "",
         "## Host peak (same run)", "", peak_table(results), "",
+    ]
+    if results.get("steadiness"):
+        parts += [describe(results["steadiness"]) + " A multi-threaded run that splits its work evenly goes at its "
+                  "slowest CPU's pace, so where CPUs are often slow the multi-thread ratios below swing between "
+                  "two modes.", ""]
+    parts += [
         "## Key ratios (p50, same interleaved loop; >1 means the first named is faster)", "", ratio_table(results), "",
         "## Head: graph argmax vs runtime upsample + argmax (`--output-op lowres_logits`), end to end", "",
         head_table(results), "",

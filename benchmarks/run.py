@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import gpu  # noqa: E402
 import peak  # noqa: E402
 import report  # noqa: E402
+import steadiness  # noqa: E402
 import timing  # noqa: E402
 import training  # noqa: E402
 import variants  # noqa: E402
@@ -62,6 +63,7 @@ class Plan:
             self.threads = [2]
             self.calib_num = 4
             self.peak_n, self.peak_reps = 2048, 5
+            self.steady_s = 6.0
             self.bf16_models = ["ddrnet23_slim"]
             self.train = dict(batch=2, crop=256, short=1, long=3, n_train=4, image_hw=(256, 512))
             self.max_images = 4
@@ -72,6 +74,7 @@ class Plan:
             self.threads = [1, 2]
             self.calib_num = 8
             self.peak_n, self.peak_reps = 2048, 10
+            self.steady_s = 30.0
             self.bf16_models = ["ddrnet23_slim", "ddrnet23"]
             self.train = dict(batch=2, crop=512, short=3, long=13, n_train=8, image_hw=(512, 1024))
             self.max_images = 20
@@ -434,6 +437,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         print("host peak (numpy sgemm, onnxruntime MatMul / MatMulInteger) ...")
         results["peak"] = peak.measure_peaks(plan.threads, plan.peak_n, plan.peak_reps)
+        print("CPU steadiness ({:g} s) ...".format(plan.steady_s))
+        results["steadiness"] = steadiness.check(plan.steady_s)
         results["latency"], results["miou"], results["notes"], results["quantization"] = [], {}, {}, {}
         results["bf16"], results["profile"] = {}, {}
         bf16_ok = bool(set(BF16_FLAGS) & set(results["host"]["isa"]))

@@ -45,22 +45,39 @@ def _block_weights(stride: int) -> np.ndarray:
     return np.stack(corners).reshape(4, stride * stride).T.astype(np.float32)
 
 
-def _boundary_labels(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, stride: int) -> np.ndarray:
+def _candidates(corners: np.ndarray, leaders: np.ndarray) -> np.ndarray:
+    """[n, C] True for the classes that can still win somewhere in a block: not beaten at all four corners by
+    one corner's best class (ties stay candidates). `corners`: [4, n, C] scores; `leaders`: [4, n] each
+    corner's best class. One [n, C] comparison at a time, written in place: the [4, 4, n, C] comparison in
+    one expression took 1.9x as long (16k boundary blocks of a 1024x2048 frame: 11.9 against 6.3 ms)."""
+    count, n, classes = corners.shape
+    flat = corners.reshape(count, n * classes)
+    row_start = np.arange(n) * classes
+    candidate = np.ones((n, classes), bool)
+    beaten, below = np.empty((n, classes), bool), np.empty((n, classes), bool)
+    for leader in leaders:
+        lead = flat[:, row_start + leader]  # [4, n]: this leader's score at every corner
+        np.less(corners[0], lead[0][:, None], out=beaten)
+        for corner in range(1, count):
+            beaten &= np.less(corners[corner], lead[corner][:, None], out=below)
+        candidate &= np.logical_not(beaten, out=beaten)
+    return candidate
+
+
+def _boundary_labels(pixels: np.ndarray, coarse: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                     stride: int) -> np.ndarray:
     """[n, stride^2] labels of the blocks whose corners are the low-res pixels (rows-1 | rows, cols-1 | cols),
     clamped to the border. Only candidate classes are interpolated: the bilinear value is a convex combination
     of the four corners' scores, so a class that another class beats at all four corners loses everywhere in
     the block. Testing each class against the four corners' own best classes leaves about 2-3 of 19.
-    `pixels`: the scores as [h, w, C], so that a corner's scores are one row."""
+    `pixels`: the scores as [h, w, C], so that a corner's scores are one row; `coarse`: their argmax [h, w]."""
     h, w = pixels.shape[:2]
     ys = np.clip(np.stack([rows - 1, rows]), 0, h - 1)
     xs = np.clip(np.stack([cols - 1, cols]), 0, w - 1)
     # [4, n, C], in _block_weights' order: top-left, bottom-left, top-right, bottom-right
-    corners = pixels[ys[[0, 1, 0, 1]], xs[[0, 0, 1, 1]]]
-    leaders = corners.argmax(axis=2)  # [4, n]: each corner's best class
-    # [leader corner, corner, n, 1]: the score of each corner's leader at every corner
-    lead_scores = np.take_along_axis(corners[None], leaders[:, None, :, None], axis=3)
-    beaten = (corners[None] < lead_scores).all(axis=1).any(axis=0)  # by one leader at all four corners
-    candidate = ~beaten  # ties stay candidates
+    corner_ys, corner_xs = ys[[0, 1, 0, 1]], xs[[0, 0, 1, 1]]
+    corners = pixels[corner_ys, corner_xs]
+    candidate = _candidates(corners, coarse[corner_ys, corner_xs])  # a corner's best class: the low-res argmax
     counts = candidate.sum(axis=1)
     weights = _block_weights(stride).T  # [4, stride^2]
     labels = np.empty((rows.size, stride * stride), np.uint8)
@@ -89,8 +106,8 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="upsample")
 
 
-def _block_rows(pixels: np.ndarray, top_left: np.ndarray, agree: np.ndarray, first: int, stop: int,
-                stride: int, out: np.ndarray) -> None:
+def _block_rows(pixels: np.ndarray, coarse: np.ndarray, top_left: np.ndarray, agree: np.ndarray, first: int,
+                stop: int, stride: int, out: np.ndarray) -> None:
     """Labels of block rows first..stop-1 into their `stride` rows each of `out`, the label image of all
     (h+1) x (w+1) blocks (it starts half a block above and left of the picture)."""
     # the band as [block row, pixel row, block column, pixel column]: a view of `out`
@@ -98,7 +115,8 @@ def _block_rows(pixels: np.ndarray, top_left: np.ndarray, agree: np.ndarray, fir
     band[:] = top_left[first:stop, None, :, None]
     rows, cols = np.nonzero(~agree[first:stop])
     if rows.size:
-        band[rows, :, cols] = _boundary_labels(pixels, rows + first, cols, stride).reshape(-1, stride, stride)
+        labels = _boundary_labels(pixels, coarse, rows + first, cols, stride)
+        band[rows, :, cols] = labels.reshape(-1, stride, stride)
 
 
 def _upsample_argmax_even(scores: np.ndarray, stride: int, threads: int) -> np.ndarray:
@@ -114,10 +132,10 @@ def _upsample_argmax_even(scores: np.ndarray, stride: int, threads: int) -> np.n
     bounds = np.linspace(0, h + 1, parts + 1).astype(int)
     bands = list(zip(bounds[:-1], bounds[1:]))
     if parts == 1:
-        _block_rows(pixels, top_left, agree, 0, h + 1, stride, full)
+        _block_rows(pixels, coarse, top_left, agree, 0, h + 1, stride, full)
     else:
-        list(_pool(parts).map(lambda band: _block_rows(pixels, top_left, agree, band[0], band[1], stride, full),
-                              bands))
+        list(_pool(parts).map(
+            lambda band: _block_rows(pixels, coarse, top_left, agree, band[0], band[1], stride, full), bands))
     half = stride // 2
     return full[half:half + h * stride, half:half + w * stride]
 

@@ -17,6 +17,7 @@ HW = (64, 128)
 def suite_results(tmp_path_factory):
     import peak
     import run as suite
+    import steadiness
     from ddrnet.runtime.bench import host_info
 
     work = str(tmp_path_factory.mktemp("bench"))
@@ -30,7 +31,8 @@ def suite_results(tmp_path_factory):
     results = {"command": "pytest", "mode": "test", "started": "-", "finished": "-", "host": host_info(),
                "versions": {}, "trained_weights": {}, "qat_weights": {}, "data_root": None,
                "peak": peak.measure_peaks([1], n=256, reps=2), "latency": rows, "miou": {}, "notes": {},
-               "bf16": {}, "quantization": {"ddrnet23_slim": art.quantization}, "profile": profile}
+               "bf16": {}, "quantization": {"ddrnet23_slim": art.quantization}, "profile": profile,
+               "steadiness": steadiness.check(1.0, window_s=0.5)}
     out = str(tmp_path_factory.mktemp("results"))
     written = suite.report.write(results, out)
     return {"rows": rows, "macs": macs, "quantization": art.quantization, "results": results, "out": out,
@@ -80,6 +82,7 @@ def test_report_has_every_section_and_only_measured_ratios(suite_results):
                     "## Latency, FPS and efficiency", "## Where the time goes", "## What onnxruntime runs"):
         assert heading in text
     assert report.NA_UNTRAINED in text
+    assert "CPU steadiness (2 windows of 0.5 s" in text
     assert all(os.path.getsize(p) > 0 for p in suite_results["written"])
     key = ("ddrnet23_slim", HW, 1)
     r = report.ratios(suite_results["rows"], key)
@@ -121,3 +124,23 @@ def test_peak_measures_every_precision(suite_results):
         bf16 = dict(int8, precision="bf16")
         assert report.efficiency(results, bf16) == pytest.approx(
             report.achieved_gmacs(bf16) / p["openvino"]["bf16"]["1"])
+
+
+def test_steadiness_times_every_cpu_of_the_affinity_at_once():
+    import steadiness
+
+    series = steadiness.measure(1.0, window_s=0.5)
+    assert list(series) == [str(cpu) for cpu in sorted(os.sched_getaffinity(0))]
+    assert all(len(v) == 2 and min(v) > 0 for v in series.values())
+
+
+def test_steadiness_counts_slow_windows_against_the_fastest():
+    import steadiness
+
+    # fastest window 1.0 ms: CPU 0 is slow in window 2 (2.0 > 1.5), CPU 1 in window 1 (1.6)
+    result = steadiness.summarise({"0": [1.0, 1.0, 2.0, 1.0], "1": [1.1, 1.6, 1.0, 1.0]}, window_s=0.5)
+    assert result["per_cpu"] == {"0": {"median_ms": 1.0, "slow_share": 0.25},
+                                 "1": {"median_ms": 1.05, "slow_share": 0.25}}
+    assert result["all_fast_share"] == 0.5 and result["windows"] == 4
+    assert result["slowest_over_fastest_p50"] == pytest.approx(1.35)  # median of 1.1, 1.6, 2.0, 1.0
+    assert "CPU 0 25%, CPU 1 25%" in steadiness.describe(result)

@@ -79,12 +79,19 @@ def test_threads_split_the_block_rows_and_agree(monkeypatch):
     one = upsample_argmax(scores, (192, 320), threads=1)
     calls, real = [], upsample._block_rows
 
-    def spy(pixels, top_left, agree, first, stop, stride, out):
+    def spy(pixels, coarse, top_left, agree, first, stop, stride, out):
         calls.append((first, stop, threading.current_thread().name))
-        return real(pixels, top_left, agree, first, stop, stride, out)
+        return real(pixels, coarse, top_left, agree, first, stop, stride, out)
 
     monkeypatch.setattr(upsample, "_block_rows", spy)
     two = upsample_argmax(scores, (192, 320), threads=2)
     assert sorted(c[:2] for c in calls) == [(0, 12), (12, 25)]  # 25 block rows: one more than the 24 rows
     assert all(name.startswith("upsample") for _, _, name in calls)
     assert (one == two).all() and (two == resize_argmax_onnx(scores, (192, 320))).all()
+
+
+def test_tied_scores_match_onnxruntime():
+    """Scores on a coarse grid (many exact ties, as an INT8 model's dequantized output has): the candidate
+    test keeps tied classes and the first maximal class wins, as in onnxruntime's ArgMax."""
+    scores = np.round(smooth_scores(np.random.default_rng(7), 19, (16, 32), blob=2) * 2) / 2
+    assert (upsample_argmax(scores, (128, 256)) == resize_argmax_onnx(scores, (128, 256))).all()
