@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from ddrnet.runtime.errors import DDRNetError
 from ddrnet.runtime.fileio import check_output_file, write_json
 
 SLOW_FACTOR = 1.5  # a window slower than this times the fastest one counts as slow
-KERNEL_N = 256  # float32 matmul side: ~0.5 ms per call, AVX-512 FMA bound like a convolution
+KERNEL_N = 256  # float32 matmul side: ~1 ms per call here, AVX-512 FMA bound like a convolution
 SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
@@ -50,10 +50,10 @@ def _window_medians(start: float, seconds: float, window_s: float) -> List[float
     return medians
 
 
-def measure(seconds: float, window_s: float = 1.0, cpus: Optional[Sequence[int]] = None) -> Dict[str, List[float]]:
-    """{cpu: window medians (ms)}: one process per CPU of this process's affinity (or `cpus`), each pinned to
-    its CPU and single-threaded, all starting together."""
-    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
+def measure(seconds: float, window_s: float = 1.0) -> Dict[str, List[float]]:
+    """{cpu: window medians (ms)}: one process per CPU of this process's affinity, each pinned to its CPU and
+    single-threaded, all starting together."""
+    cpus = sorted(os.sched_getaffinity(0))
     start = time.time() + 2.0  # time for every worker to import numpy before the first window
     env = dict(os.environ, **SINGLE_THREAD_ENV)
     workers = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", str(cpu), "--start",
