@@ -112,16 +112,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one pinned CPU's loop (measure())
     parser.add_argument("--start", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.window <= 0 or args.window > args.seconds:
-        parser.error("--seconds and --window must be positive, and the window no longer than the run")
     if args.worker is not None:
         os.sched_setaffinity(0, {args.worker})
         print(json.dumps(_window_medians(args.start, args.seconds, args.window)))
         return 0
-    try:
+    try:  # the value checks answer in one line, as the ddrnet commands do
+        if args.seconds <= 0 or args.window <= 0 or args.window > args.seconds:
+            raise DDRNetError("--seconds and --window must be positive, and the window no longer than the run")
         check_output_file(args.json, "--json")
     except DDRNetError as err:
-        parser.error(str(err))
+        print("{}: error: {}".format(parser.prog, err), file=sys.stderr)
+        return 2
     series = measure(args.seconds, args.window)
     result = summarise(series, args.window)
     print(describe(result))

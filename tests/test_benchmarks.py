@@ -144,3 +144,15 @@ def test_steadiness_counts_slow_windows_against_the_fastest():
     assert result["all_fast_share"] == 0.5 and result["windows"] == 4
     assert result["slowest_over_fastest_p50"] == pytest.approx(1.35)  # median of 1.1, 1.6, 2.0, 1.0
     assert "CPU 0 25%, CPU 1 25%" in steadiness.describe(result)
+
+
+@pytest.mark.parametrize("argv, message", [(["--seconds", "0"], "--seconds and --window must be positive"),
+                                           (["--seconds", "1", "--window", "2"], "window no longer than the run"),
+                                           (["--json", "/proc/steady.json"], "cannot write --json")])
+def test_steadiness_refuses_bad_arguments_in_one_line_before_measuring(argv, message, capsys, monkeypatch):
+    import steadiness
+
+    monkeypatch.setattr(steadiness, "measure", lambda *a: pytest.fail("measured despite a bad argument"))
+    assert steadiness.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
